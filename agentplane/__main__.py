@@ -1,0 +1,5 @@
+import sys
+
+from agentplane.cli import main
+
+sys.exit(main())

@@ -1,0 +1,227 @@
+"""`agentplane serve | migrate | keys | agent | task | session | bench`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from app.config import ConfigError, Settings, load_settings
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"agentplane: {message}", file=sys.stderr)
+    return code
+
+
+def _settings(**overrides: Any) -> Settings:
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+class _Database:
+    """The database the command talks to: DATABASE_URL, or the embedded Postgres started here."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedded: Any = None
+
+    def __enter__(self) -> str:
+        if self.settings.database_url:
+            return self.settings.database_url
+        from app.db.embedded import EmbeddedPostgres
+
+        self.embedded = EmbeddedPostgres(self.settings.data_dir)
+        self.embedded.start()
+        self.embedded.create_database()
+        print(f"embedded PostgreSQL: {self.embedded.pgdata}", flush=True)
+        return str(self.embedded.url())
+
+    def __exit__(self, *exc: object) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+async def _bootstrap_admin(settings: Settings) -> str | None:
+    from app.db.session import create_engine, create_sessionmaker
+    from app.keys.service import ensure_bootstrap_admin
+
+    assert settings.database_url
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            return await ensure_bootstrap_admin(session, admin_key_configured=settings.admin_key is not None)
+    finally:
+        await engine.dispose()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.db.migrate import upgrade_to_head
+    from app.logs import configure_logging
+    from app.main import create_app
+
+    settings = _settings(host=args.host, port=args.port, log_level=args.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    with _Database(settings) as url:
+        settings = settings.model_copy(update={"database_url": url})
+        upgrade_to_head(url)
+        secret = asyncio.run(_bootstrap_admin(settings))
+        if secret:
+            print(
+                "\nA first admin API key was created. It is shown only this once; store it now:\n\n"
+                f"    {secret}\n\nCreate more with `agentplane keys create` or POST /api/v1/keys.\n",
+                flush=True,
+            )
+        base = f"http://{settings.host}:{settings.port}"
+        print(
+            f"Agentplane listening on {base}  (API docs: {base}/docs, agents: ws://{settings.host}:"
+            f"{settings.port}/ws/agents)",
+            flush=True,
+        )
+        config = uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            # Oversized frames are refused by the gateway with an `error` frame; only far larger ones
+            # are cut off by the socket layer (close 1009).
+            ws_max_size=max(16 * 1024 * 1024, settings.max_message_bytes * 4),
+            ws_per_message_deflate=False,
+            timeout_graceful_shutdown=10,
+        )
+        _QuietServer(config).run()
+    return 0
+
+
+class _QuietServer:
+    """uvicorn's server, but Ctrl-C/SIGTERM end it gracefully without re-raising the signal afterwards
+    (the re-raise would skip the embedded Postgres's clean stop with a traceback)."""
+
+    def __init__(self, config: Any) -> None:
+        import contextlib
+        import signal
+
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Any:
+                previous = {
+                    sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+                }
+                try:
+                    yield
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
+
+        self.server = Server(config)
+
+    def run(self) -> None:
+        self.server.run()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from app.db.migrate import upgrade_to_head
+
+    with _Database(_settings()) as url:
+        upgrade_to_head(url)
+    print("database migrated to head")
+    return 0
+
+
+async def _keys(args: argparse.Namespace, url: str) -> None:
+    from app.db.session import create_engine, create_sessionmaker
+    from app.keys import service
+    from app.security import Scope
+
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            if args.keys_command == "create":
+                key, secret = await service.create_key(
+                    session, name=args.name, scopes=[Scope(scope) for scope in args.scope]
+                )
+                print(
+                    f"id:     {key.id}\nname:   {key.name}\nscopes: {','.join(key.scopes)}\nsecret: {secret}"
+                )
+                print("(the secret is shown only this once)", file=sys.stderr)
+            elif args.keys_command == "list":
+                for key in await service.list_keys(session):
+                    state = "revoked" if key.revoked_at else "active"
+                    print(f"{key.id}  {key.prefix}…  {','.join(key.scopes):<18} {state:<8} {key.name}")
+            else:
+                import uuid
+
+                key = await service.revoke_key(session, key_id=uuid.UUID(args.id))
+                print(f"revoked {key.id} ({key.name})")
+    finally:
+        await engine.dispose()
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from app.db.migrate import upgrade_to_head
+    from app.errors import AppError
+
+    with _Database(_settings()) as url:
+        upgrade_to_head(url)
+        try:
+            asyncio.run(_keys(args, url))
+        except AppError as exc:
+            return _fail(exc.detail, 1)
+        except ValueError as exc:
+            return _fail(str(exc), 2)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentplane", description="A control plane for fleets of AI agents."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="migrate the database and run the server")
+    serve.add_argument("--host", help="listen address (AGENTPLANE_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (AGENTPLANE_PORT, default 8080)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="run the database migrations and exit")
+    migrate.set_defaults(func=cmd_migrate)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print its secret once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", action="append", required=True, choices=["admin", "client", "agent"])
+    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("id")
+    keys.set_defaults(func=cmd_keys)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Further subcommands (agent, task, session, bench) add themselves here from their own modules.
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

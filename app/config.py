@@ -1,0 +1,337 @@
+"""Settings: environment variables (the seed's names), an optional YAML file, defaults.
+
+Precedence is env > YAML file (named by ``AGENTPLANE_CONFIG``) > defaults. Durations accept the seed's
+format (``30s``, ``5m``, ``1h``, ``250ms``) or plain seconds and are held as float seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``"30s"`` -> 30.0, ``"5m"`` -> 300.0, ``12`` -> 12.0; anything else is a clear error."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s, 5m, 1h or a number of seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            raise ValueError(f"invalid duration {value!r}: use 30s, 5m, 1h, 250ms or a number of seconds")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than zero")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+
+RoutingStrategyName = Literal["capability_based", "round_robin", "least_loaded"]
+
+# The seed's YAML tree, flattened: path in the `agents:` tree (or top level) -> field name.
+_YAML_PATHS: dict[tuple[str, ...], str] = {
+    ("agents", "manager", "health_check_interval"): "health_check_interval",
+    ("agents", "manager", "health_check_timeout"): "health_check_timeout",
+    ("agents", "manager", "max_concurrent_tasks"): "max_concurrent_tasks",
+    ("agents", "manager", "task_timeout"): "task_timeout",
+    ("agents", "manager", "queue_timeout"): "queue_timeout",
+    ("agents", "manager", "max_attempts"): "max_attempts",
+    ("agents", "manager", "max_message_bytes"): "max_message_bytes",
+    ("agents", "routing", "strategy"): "routing_strategy",
+    ("agents", "routing", "weights", "capability"): "routing_weight_capability",
+    ("agents", "routing", "weights", "performance"): "routing_weight_performance",
+    ("agents", "routing", "weights", "load"): "routing_weight_load",
+    ("agents", "routing", "weights", "cost"): "routing_weight_cost",
+    ("agents", "collaboration", "timeout"): "collaboration_timeout",
+    ("agents", "collaboration", "strategies", "consensus", "threshold"): "consensus_threshold",
+    ("agents", "collaboration", "strategies", "consensus", "max_rounds"): "consensus_max_rounds",
+    ("agents", "collaboration", "strategies", "map_reduce", "max_parallel"): "map_reduce_max_parallel",
+    ("agents", "models", "allowed"): "allowed_models",
+    ("agents", "models", "cost_limits", "per_task"): "cost_limit_per_task",
+    ("agents", "models", "cost_limits", "per_session"): "cost_limit_per_session",
+    ("agents", "models", "prices"): "model_prices",
+    ("agents", "models", "default_estimated_tokens"): "default_estimated_tokens",
+}
+
+
+class YamlConfigSource(PydanticBaseSettingsSource):
+    """Reads the seed's `agents:` tree from the file named by AGENTPLANE_CONFIG."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = os.environ.get("AGENTPLANE_CONFIG")
+        self._values: dict[str, Any] = load_yaml_config(Path(path)) if path else {}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+def load_yaml_config(path: Path) -> dict[str, Any]:
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"AGENTPLANE_CONFIG: cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"AGENTPLANE_CONFIG: {path} is not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"AGENTPLANE_CONFIG: {path} must hold a mapping with an `agents:` tree")
+    values: dict[str, Any] = {}
+    for yaml_path, field_name in _YAML_PATHS.items():
+        node: Any = tree
+        for key in yaml_path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            values[field_name] = node
+    return values
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported to the operator as one line."""
+
+
+def _env(*names: str) -> Any:
+    return Field(default=None, validation_alias=AliasChoices(*names))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="ignore", populate_by_name=True, validate_default=True, env_ignore_empty=True
+    )
+
+    # Service
+    database_url: str | None = _env("DATABASE_URL", "database_url")
+    data_dir: Path = Field(
+        default=Path.home() / ".local" / "share" / "agentplane",
+        validation_alias=AliasChoices("AGENTPLANE_DATA_DIR", "data_dir"),
+    )
+    admin_key: SecretStr | None = _env("AGENTPLANE_ADMIN_KEY", "admin_key")
+    host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("AGENTPLANE_HOST", "host"))
+    port: int = Field(default=8080, ge=1, le=65535, validation_alias=AliasChoices("AGENTPLANE_PORT", "port"))
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", validation_alias=AliasChoices("AGENTPLANE_LOG_LEVEL", "log_level")
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", validation_alias=AliasChoices("AGENTPLANE_LOG_FORMAT", "log_format")
+    )
+    replica_id: str = Field(default="", validation_alias=AliasChoices("AGENTPLANE_REPLICA_ID", "replica_id"))
+    replica_heartbeat_interval: Duration = Field(
+        default=5.0,
+        validation_alias=AliasChoices("AGENTPLANE_REPLICA_HEARTBEAT", "replica_heartbeat_interval"),
+    )
+    replica_timeout: Duration = Field(
+        default=20.0, validation_alias=AliasChoices("AGENTPLANE_REPLICA_TIMEOUT", "replica_timeout")
+    )
+    reaper_interval: Duration = Field(
+        default=1.0, validation_alias=AliasChoices("AGENTPLANE_REAPER_INTERVAL", "reaper_interval")
+    )
+    db_pool_size: int = Field(default=10, ge=1, validation_alias=AliasChoices("AGENTPLANE_DB_POOL_SIZE"))
+
+    # Agent manager (the seed's names)
+    health_check_interval: Duration = Field(
+        default=30.0, validation_alias=AliasChoices("AGENT_HEALTH_CHECK_INTERVAL", "health_check_interval")
+    )
+    health_check_timeout: Duration = Field(
+        default=10.0, validation_alias=AliasChoices("AGENT_HEALTH_CHECK_TIMEOUT", "health_check_timeout")
+    )
+    max_concurrent_tasks: int = Field(
+        default=10,
+        ge=1,
+        le=10_000,
+        validation_alias=AliasChoices("AGENT_MAX_CONCURRENT_TASKS", "max_concurrent_tasks"),
+    )
+    task_timeout: Duration = Field(
+        default=300.0, validation_alias=AliasChoices("AGENT_TASK_TIMEOUT", "task_timeout")
+    )
+    queue_timeout: Duration = Field(
+        default=3600.0, validation_alias=AliasChoices("AGENT_QUEUE_TIMEOUT", "queue_timeout")
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=100, validation_alias=AliasChoices("AGENT_MAX_ATTEMPTS", "max_attempts")
+    )
+    retry_backoff: Duration = Field(
+        default=1.0, validation_alias=AliasChoices("AGENT_RETRY_BACKOFF", "retry_backoff")
+    )
+    retry_backoff_max: Duration = Field(
+        default=60.0, validation_alias=AliasChoices("AGENT_RETRY_BACKOFF_MAX", "retry_backoff_max")
+    )
+    max_message_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        validation_alias=AliasChoices("AGENT_MAX_MESSAGE_BYTES", "max_message_bytes"),
+    )
+    register_timeout: Duration = Field(
+        default=10.0, validation_alias=AliasChoices("AGENT_REGISTER_TIMEOUT", "register_timeout")
+    )
+
+    # Routing
+    routing_strategy: RoutingStrategyName = Field(
+        default="capability_based",
+        validation_alias=AliasChoices("AGENT_ROUTING_STRATEGY", "routing_strategy"),
+    )
+    routing_weight_capability: float = Field(
+        default=0.4, ge=0, validation_alias=AliasChoices("AGENT_ROUTING_WEIGHTS_CAPABILITY")
+    )
+    routing_weight_performance: float = Field(
+        default=0.3, ge=0, validation_alias=AliasChoices("AGENT_ROUTING_WEIGHTS_PERFORMANCE")
+    )
+    routing_weight_load: float = Field(
+        default=0.2, ge=0, validation_alias=AliasChoices("AGENT_ROUTING_WEIGHTS_LOAD")
+    )
+    routing_weight_cost: float = Field(
+        default=0.1, ge=0, validation_alias=AliasChoices("AGENT_ROUTING_WEIGHTS_COST")
+    )
+
+    # Collaboration
+    collaboration_timeout: Duration = Field(
+        default=600.0, validation_alias=AliasChoices("AGENT_COLLABORATION_TIMEOUT", "collaboration_timeout")
+    )
+    consensus_threshold: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        validation_alias=AliasChoices("AGENT_CONSENSUS_THRESHOLD", "consensus_threshold"),
+    )
+    consensus_max_rounds: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        validation_alias=AliasChoices("AGENT_CONSENSUS_MAX_ROUNDS", "consensus_max_rounds"),
+    )
+    map_reduce_max_parallel: int = Field(
+        default=20, ge=1, le=1000, validation_alias=AliasChoices("AGENT_MAP_REDUCE_MAX_PARALLEL")
+    )
+
+    # Models and cost
+    allowed_models: CommaList = Field(
+        default_factory=list, validation_alias=AliasChoices("AGENT_MODELS_ALLOWED", "allowed_models")
+    )
+    cost_limit_per_task: float | None = Field(
+        default=None, gt=0, validation_alias=AliasChoices("AGENT_COST_LIMIT_PER_TASK", "cost_limit_per_task")
+    )
+    cost_limit_per_session: float | None = Field(
+        default=None,
+        gt=0,
+        validation_alias=AliasChoices("AGENT_COST_LIMIT_PER_SESSION", "cost_limit_per_session"),
+    )
+    model_prices: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES), validation_alias=AliasChoices("model_prices")
+    )
+    default_estimated_tokens: int = Field(
+        default=1000,
+        ge=0,
+        validation_alias=AliasChoices("AGENT_DEFAULT_ESTIMATED_TOKENS", "default_estimated_tokens"),
+    )
+
+    @field_validator("replica_id")
+    @classmethod
+    def _default_replica_id(cls, value: str, info: ValidationInfo) -> str:
+        # Stable across restarts of the same listener, so a restarted replica recovers the leases of its
+        # previous incarnation at once instead of waiting for its heartbeat to lapse.
+        return value or f"{socket.gethostname()}:{info.data.get('port', 0)}"
+
+    @field_validator("model_prices")
+    @classmethod
+    def _check_prices(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for model, price in value.items():
+            missing = {"input_per_1k", "output_per_1k"} - set(price)
+            if missing:
+                raise ValueError(f"price of {model!r} lacks {', '.join(sorted(missing))}")
+        return value
+
+    @property
+    def routing_weights(self) -> dict[str, float]:
+        return {
+            "capability": self.routing_weight_capability,
+            "performance": self.routing_weight_performance,
+            "load": self.routing_weight_load,
+            "cost": self.routing_weight_cost,
+        }
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, YamlConfigSource(settings_cls)
+
+
+# USD per 1,000 tokens; operators override them in the YAML file's agents.models.prices.
+DEFAULT_PRICES: dict[str, dict[str, float]] = {
+    "claude-3-opus": {"input_per_1k": 0.015, "output_per_1k": 0.075},
+    "claude-3-sonnet": {"input_per_1k": 0.003, "output_per_1k": 0.015},
+    "claude-3-haiku": {"input_per_1k": 0.00025, "output_per_1k": 0.00125},
+    "gpt-4": {"input_per_1k": 0.03, "output_per_1k": 0.06},
+    "gpt-4o": {"input_per_1k": 0.0025, "output_per_1k": 0.01},
+    "gpt-3.5-turbo": {"input_per_1k": 0.0005, "output_per_1k": 0.0015},
+    "titan-v2": {"input_per_1k": 0.0002, "output_per_1k": 0.0002},
+}
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, naming the key the operator set."""
+    parts = []
+    for error in exc.errors():
+        key = ".".join(str(item) for item in error["loc"]) or "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        value = error.get("input")
+        shown = f" (got {value!r})" if isinstance(value, str | int | float) and "KEY" not in key else ""
+        parts.append(f"{key}: {message}{shown}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    except SettingsError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,181 @@
+"""One error hierarchy, rendered as RFC 9457 problem+json by one set of handlers.
+
+The WebSocket's error-frame codes and close codes live here too."""
+
+from __future__ import annotations
+
+import logging
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class AppError(Exception):
+    status: int = 400
+    code: str = "bad_request"
+    title: str = "Bad request"
+
+    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.extra = extra
+
+
+class InvalidInput(AppError):
+    status, code, title = 422, "invalid_input", "Invalid input"
+
+
+class Unauthorized(AppError):
+    status, code, title = 401, "unauthorized", "Unauthorized"
+
+
+class Forbidden(AppError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(AppError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class AgentNotFound(NotFound):
+    code = "agent_not_found"
+
+
+class TaskNotFound(NotFound):
+    code = "task_not_found"
+
+
+class SessionNotFound(NotFound):
+    code = "session_not_found"
+
+
+class Conflict(AppError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class TaskConflict(Conflict):
+    code = "task_conflict"
+
+
+class PayloadTooLarge(AppError):
+    status, code, title = 413, "payload_too_large", "Payload too large"
+
+
+class NotReady(AppError):
+    status, code, title = 503, "not_ready", "Not ready"
+
+
+def problem(
+    status: int, code: str, title: str, detail: str, instance: str | None = None, **extra: Any
+) -> JSONResponse:
+    body: dict[str, Any] = {"type": f"/problems/{code}", "title": title, "status": status, "detail": detail}
+    if instance:
+        body["instance"] = instance
+    body.update({key: value for key, value in extra.items() if value is not None})
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(part) for part in loc]
+    if parts and parts[0] in {"body", "query", "path", "header"}:
+        head, rest = parts[0], parts[1:]
+        return ".".join([head, *rest]) if head != "body" else ".".join(rest) or "body"
+    return ".".join(parts)
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    return [
+        {"field": _field_path(err["loc"]), "message": err["msg"], "type": err["type"]} for err in exc.errors()
+    ]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def _app_error(request: Request, exc: AppError) -> JSONResponse:
+        return problem(
+            exc.status, exc.code, exc.title, exc.detail, request.url.path, errors=exc.errors, **exc.extra
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _validation_errors(exc)
+        first = errors[0] if errors else {"field": "body", "message": "invalid"}
+        detail = f"{first['field']}: {first['message']}"
+        if len(errors) > 1:
+            detail += f" (and {len(errors) - 1} more)"
+        return problem(422, "invalid_input", "Invalid input", detail, request.url.path, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        response = problem(
+            exc.status_code,
+            code,
+            titles.get(exc.status_code, "HTTP error"),
+            str(exc.detail),
+            request.url.path,
+        )
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(request: Request, exc: IntegrityError) -> JSONResponse:
+        logger.info("integrity error on %s: %s", request.url.path, exc.orig.__class__.__name__)
+        return problem(
+            409, "conflict", "Conflict", "the request conflicts with existing data", request.url.path
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(
+            500,
+            "internal_error",
+            "Internal error",
+            "an unexpected error occurred; it has been logged",
+            request.url.path,
+        )
+
+
+class WsErrorCode(StrEnum):
+    """The `code` of an `error` frame (DESIGN section 4)."""
+
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_TYPE = "unknown_type"
+    UNAUTHORIZED = "unauthorized"
+    NOT_ALLOWED = "not_allowed"
+    UNKNOWN_ASSIGNMENT = "unknown_assignment"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
+
+
+class CloseCode(IntEnum):
+    UNAUTHORIZED = 4001
+    PROTOCOL_VIOLATION = 4002
+    MODEL_NOT_ALLOWED = 4003
+    REPLACED = 4009
+    SERVER_DRAINING = 4010
+    DEREGISTERED = 4011
+
+
+class AgentRejected(Exception):
+    """Registration refused; the gateway closes the socket with ``close_code`` and ``reason``."""
+
+    def __init__(self, close_code: CloseCode, reason: str) -> None:
+        super().__init__(reason)
+        self.close_code = close_code
+        self.reason = reason

@@ -1,0 +1,65 @@
+"""The application factory. The lifespan owns everything long-lived."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from prometheus_fastapi_instrumentator import Instrumentator
+
+from app.config import Settings, get_settings
+from app.db.session import create_engine, create_sessionmaker
+from app.errors import install_error_handlers
+from app.keys.router import router as keys_router
+from app.metrics import Metrics
+from app.probes import router as probes_router
+from app.runtime import Runtime
+from app.security import KeyCache
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if not settings.database_url:
+        raise RuntimeError("create_app needs settings.database_url (the CLI starts the embedded Postgres)")
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        assert settings.database_url is not None
+        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        runtime = Runtime(
+            settings=settings, sessionmaker=app.state.sessionmaker, engine=engine, metrics=metrics
+        )
+        app.state.runtime = runtime
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Agentplane",
+        version="0.1.0",
+        summary="A control plane for fleets of AI agents.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.key_cache = KeyCache()
+    install_error_handlers(app)
+
+    api = APIRouter(prefix="/api/v1")
+    api.include_router(keys_router)
+    app.include_router(api)
+    app.include_router(probes_router)
+
+    Instrumentator(
+        registry=metrics.registry,
+        excluded_handlers=["/metrics", "/healthz", "/readyz"],
+        should_group_status_codes=False,
+    ).instrument(app).expose(app, include_in_schema=False)
+    return app

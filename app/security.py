@@ -1,0 +1,102 @@
+"""API keys: generation, hashing, lookup, scopes. A key's secret is shown once and stored only as a hash."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import ApiKey
+
+KEY_PREFIX = "ap_"
+
+
+class Scope(StrEnum):
+    ADMIN = "admin"
+    CLIENT = "client"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: uuid.UUID | None  # None for the AGENTPLANE_ADMIN_KEY from the environment
+    name: str
+    scopes: frozenset[str]
+
+    def has_any(self, *scopes: Scope) -> bool:
+        return Scope.ADMIN in self.scopes or any(scope in self.scopes for scope in scopes)
+
+
+ENV_ADMIN = Principal(key_id=None, name="env-admin", scopes=frozenset(Scope))
+
+
+def generate_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    # Keys are 256-bit random strings, so a fast hash is enough (no dictionary to guard against).
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def display_prefix(secret: str) -> str:
+    return secret[:10]
+
+
+class KeyCache:
+    """Caches successful lookups briefly so hot paths don't query per request; revocation lags by ``ttl``."""
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, Principal]] = {}
+
+    def get(self, digest: str) -> Principal | None:
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, digest: str, principal: Principal) -> None:
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[digest] = (time.monotonic() + self.ttl, principal)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+async def authenticate(
+    session: AsyncSession, secret: str, *, admin_key: str | None, cache: KeyCache | None = None
+) -> Principal | None:
+    if not secret:
+        return None
+    if admin_key and hmac.compare_digest(secret.encode(), admin_key.encode()):
+        return ENV_ADMIN
+    digest = hash_secret(secret)
+    if cache is not None and (cached := cache.get(digest)) is not None:
+        return cached
+    row = await session.scalar(
+        select(ApiKey).where(ApiKey.secret_hash == digest, ApiKey.revoked_at.is_(None))
+    )
+    if row is None:
+        return None
+    principal = Principal(key_id=row.id, name=row.name, scopes=frozenset(row.scopes))
+    if cache is not None:
+        cache.put(digest, principal)
+    return principal
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
