@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import importlib.util
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from app.config import ConfigError, Settings, load_settings
@@ -202,13 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("id")
     keys.set_defaults(func=cmd_keys)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    for module_name in _COMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(sub)
     return parser
 
 
-# Further subcommands (agent, task, session, bench) add themselves here from their own modules.
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+# Each of these modules has `add_parser(subparsers)`, adding its subcommand with a `func` default.
+_COMMAND_MODULES = ["agentplane.agent_cli", "agentplane.task_cli", "agentplane.session_cli", "bench.cli"]
+_COMMAND_MODULES = [name for name in _COMMAND_MODULES if importlib.util.find_spec(name) is not None]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

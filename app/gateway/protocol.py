@@ -1,0 +1,178 @@
+"""The agent wire protocol (DESIGN section 4): every frame as a pydantic model, discriminated on `type`.
+
+The SDK (agentplane.sdk) imports these models too, so both ends parse frames with the same code.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+PROTOCOL_VERSION = 1
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
+
+
+class Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def dump(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+# ---------------------------------------------------------------- agent -> server
+
+
+class CapabilitySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_NAME)
+    type: str = Field(default="", max_length=64)
+    version: str = Field(default="", max_length=32)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    constraints: dict[str, Any] = Field(default_factory=dict)
+
+
+class Register(Frame):
+    type: Literal["register"] = "register"
+    agent_id: str | None = Field(default=None, pattern=_NAME)
+    name: str = Field(default="", max_length=200)
+    model: str = Field(min_length=1, max_length=128)
+    capabilities: list[CapabilitySpec] = Field(min_length=1, max_length=256)
+    max_concurrency: int | None = Field(default=None, ge=1, le=10_000)
+    protocol: int = PROTOCOL_VERSION
+
+    @field_validator("capabilities")
+    @classmethod
+    def _unique_names(cls, value: list[CapabilitySpec]) -> list[CapabilitySpec]:
+        names = [cap.name for cap in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"capability names must be unique; repeated: {', '.join(duplicates)}")
+        return value
+
+
+class Accept(Frame):
+    type: Literal["accept"] = "accept"
+    assignment_id: uuid.UUID
+
+
+class Reject(Frame):
+    type: Literal["reject"] = "reject"
+    assignment_id: uuid.UUID
+    reason: str = Field(default="", max_length=1000)
+
+
+class Progress(Frame):
+    type: Literal["progress"] = "progress"
+    assignment_id: uuid.UUID
+    progress: float = Field(ge=0.0, le=1.0)
+    message: str = Field(default="", max_length=2000)
+
+
+class ResultError(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str = Field(default="error", max_length=100)
+    message: str = Field(default="", max_length=10_000)
+    retryable: bool = False
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    cost: float | None = Field(default=None, ge=0)
+
+
+class Result(Frame):
+    type: Literal["result"] = "result"
+    assignment_id: uuid.UUID
+    status: Literal["succeeded", "failed"]
+    output: Any = None
+    error: ResultError | None = None
+    usage: Usage = Field(default_factory=Usage)
+
+
+class Pong(Frame):
+    type: Literal["pong"] = "pong"
+    nonce: str = Field(max_length=100)
+
+
+class Drain(Frame):
+    type: Literal["drain"] = "drain"
+
+
+class Heartbeat(Frame):
+    type: Literal["heartbeat"] = "heartbeat"
+    active: int = Field(default=0, ge=0)
+
+
+AgentFrame = Annotated[
+    Register | Accept | Reject | Progress | Result | Pong | Drain | Heartbeat, Field(discriminator="type")
+]
+AGENT_FRAME = TypeAdapter[AgentFrame](AgentFrame)
+AGENT_FRAME_TYPES = frozenset(
+    {"register", "accept", "reject", "progress", "result", "pong", "drain", "heartbeat"}
+)
+
+
+# ---------------------------------------------------------------- server -> agent
+
+
+class Registered(Frame):
+    type: Literal["registered"] = "registered"
+    agent_id: str
+    heartbeat_interval: float
+    replica_id: str
+
+
+class Assign(Frame):
+    type: Literal["assign"] = "assign"
+    assignment_id: uuid.UUID
+    task_id: uuid.UUID
+    task_type: str
+    payload: dict[str, Any]
+    timeout: float
+    deadline: datetime
+    attempt: int
+
+
+class Cancel(Frame):
+    type: Literal["cancel"] = "cancel"
+    assignment_id: uuid.UUID
+    reason: str = ""
+
+
+class Ping(Frame):
+    type: Literal["ping"] = "ping"
+    nonce: str
+
+
+class Ack(Frame):
+    type: Literal["ack"] = "ack"
+    assignment_id: uuid.UUID
+
+
+class DrainRequest(Frame):
+    """The server asks the agent to finish what it holds and take nothing new (operator drain)."""
+
+    type: Literal["drain"] = "drain"
+    reason: str = ""
+
+
+class ErrorFrame(Frame):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    ref: str | None = None
+
+
+ServerFrame = Annotated[
+    Registered | Assign | Cancel | Ping | Ack | DrainRequest | ErrorFrame, Field(discriminator="type")
+]
+SERVER_FRAME = TypeAdapter[ServerFrame](ServerFrame)
