@@ -13,6 +13,7 @@ from app.config import Settings
 from app.errors import Forbidden, Unauthorized
 from app.metrics import Metrics
 from app.security import KeyCache, Principal, Scope, authenticate
+from app.signals import Signals
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -37,7 +38,14 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def get_signals(request: Request) -> Signals:
+    signals: Signals = request.app.state.runtime.signals
+    return signals
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+MakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
+SignalsDep = Annotated[Signals, Depends(get_signals)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 

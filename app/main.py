@@ -8,14 +8,17 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 
+from app.agents.router import router as agents_router
 from app.config import Settings, get_settings
 from app.db.session import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
+from app.gateway.endpoint import router as gateway_router
 from app.keys.router import router as keys_router
 from app.metrics import Metrics
 from app.probes import router as probes_router
 from app.runtime import Runtime
 from app.security import KeyCache
+from app.tasks.router import router as tasks_router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -31,7 +34,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
         runtime = Runtime(
-            settings=settings, sessionmaker=app.state.sessionmaker, engine=engine, metrics=metrics
+            settings=settings,
+            engine=engine,
+            sessionmaker=app.state.sessionmaker,
+            metrics=metrics,
+            key_cache=app.state.key_cache,
         )
         app.state.runtime = runtime
         await runtime.start()
@@ -54,8 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     api = APIRouter(prefix="/api/v1")
     api.include_router(keys_router)
+    api.include_router(agents_router)
+    api.include_router(tasks_router)
     app.include_router(api)
     app.include_router(probes_router)
+    app.include_router(gateway_router)
 
     Instrumentator(
         registry=metrics.registry,

@@ -3,45 +3,126 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass, field
+import uuid
 
-from sqlalchemy import delete, func
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.agents import service as agents
 from app.config import Settings
-from app.db.models import Replica
+from app.db.models import Agent, Assignment, CollabSession, Replica, Task
+from app.dispatch.bus import Bus
+from app.dispatch.dispatcher import Dispatcher
+from app.dispatch.fleet import Fleet
+from app.dispatch.reaper import Reaper
+from app.errors import CloseCode
+from app.gateway.effects import Effects
+from app.gateway.endpoint import Gateway
+from app.gateway.hub import Hub
+from app.health.monitor import HealthMonitor
 from app.metrics import Metrics
+from app.security import KeyCache
+from app.signals import Signals
+from app.tasks.states import OPEN
 
 logger = logging.getLogger(__name__)
 
+GAUGE_REFRESH = 5.0  # seconds between recomputing fleet-wide gauges from the database
 
-@dataclass
+
 class Runtime:
-    settings: Settings
-    sessionmaker: async_sessionmaker[AsyncSession]
-    engine: AsyncEngine
-    metrics: Metrics
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        engine: AsyncEngine,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        metrics: Metrics,
+        key_cache: KeyCache,
+    ) -> None:
+        assert settings.database_url is not None
+        self.settings = settings
+        self.engine = engine
+        self.sessionmaker = sessionmaker
+        self.metrics = metrics
+        self.hub = Hub()
+        self.fleet = Fleet()
+        self.signals = Signals()
+        self.effects = Effects(metrics=metrics, signals=self.signals, fleet=self.fleet)
+        self.gateway = Gateway(
+            settings=settings,
+            sessionmaker=sessionmaker,
+            hub=self.hub,
+            effects=self.effects,
+            key_cache=key_cache,
+        )
+        self.bus = Bus(
+            database_url=settings.database_url,
+            replica_id=settings.replica_id,
+            hub=self.hub,
+            fleet=self.fleet,
+            signals=self.signals,
+            metrics=metrics,
+        )
+        self.dispatcher = Dispatcher(
+            settings=settings, sessionmaker=sessionmaker, hub=self.hub, fleet=self.fleet, effects=self.effects
+        )
+        self.reaper = Reaper(settings=settings, sessionmaker=sessionmaker, effects=self.effects)
+        self.health = HealthMonitor(
+            settings=settings, sessionmaker=sessionmaker, hub=self.hub, effects=self.effects
+        )
+        self._loops: list[asyncio.Task[None]] = []
 
     @property
     def replica_id(self) -> str:
         return self.settings.replica_id
 
     async def start(self) -> None:
+        await self._recover_previous_incarnation()
         await self._heartbeat_once()
-        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="replica-heartbeat"))
+        await self.bus.start()
+        for service in (self.dispatcher, self.reaper, self.health):
+            await service.start()
+        self._loops = [
+            asyncio.create_task(
+                self._every(self.settings.replica_heartbeat_interval, self._heartbeat_once), name="heartbeat"
+            ),
+            asyncio.create_task(self._every(GAUGE_REFRESH, self.refresh_gauges), name="gauges"),
+        ]
+        await self.refresh_gauges()
         logger.info("replica started", extra={"replica_id": self.replica_id})
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        for connection in self.hub:
+            connection.close(CloseCode.SERVER_DRAINING, "server shutting down")
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(
+            self.health.stop(),
+            self.reaper.stop(),
+            self.dispatcher.stop(),
+            self.bus.stop(),
+            return_exceptions=True,
+        )
+        with contextlib.suppress(Exception):
+            async with self.sessionmaker() as session:
+                await session.execute(delete(Replica).where(Replica.id == self.replica_id))
+                await session.commit()
+
+    async def _recover_previous_incarnation(self) -> None:
+        """A restart under the same replica id: what the dead process held goes back to the queue now."""
         async with self.sessionmaker() as session:
-            await session.execute(delete(Replica).where(Replica.id == self.replica_id))
+            outcome = await agents.mark_replica_agents_offline(
+                session, self.replica_id, reason="replica restarted; its connections are gone"
+            )
             await session.commit()
+        if outcome.finished:
+            logger.warning("recovered %d leases of a previous run", len(outcome.finished))
+        self.effects.after_commit(outcome, reason="replica_restarted")
 
     async def _heartbeat_once(self) -> None:
         async with self.sessionmaker() as session:
@@ -50,10 +131,74 @@ class Runtime:
             await session.execute(stmt)
             await session.commit()
 
-    async def _heartbeat_loop(self) -> None:
+    async def refresh_gauges(self) -> None:
+        """Fleet-wide gauges come from the database: right after a restart, and the same on every replica."""
+        metrics = self.metrics
+        async with self.sessionmaker() as session:
+            queue = dict(
+                (
+                    await session.execute(
+                        select(Task.status, func.count())
+                        .where(Task.status.in_(list(OPEN)))
+                        .group_by(Task.status)
+                    )
+                )
+                .tuples()
+                .all()
+            )
+            fleet = (
+                (
+                    await session.execute(
+                        select(Agent.model, Agent.status, func.count()).group_by(Agent.model, Agent.status)
+                    )
+                )
+                .tuples()
+                .all()
+            )
+            sessions = (
+                (
+                    await session.execute(
+                        select(CollabSession.strategy, func.count())
+                        .where(CollabSession.status == "running")
+                        .group_by(CollabSession.strategy)
+                    )
+                )
+                .tuples()
+                .all()
+            )
+            open_rows = (
+                (
+                    await session.execute(
+                        select(Assignment.agent_id, Assignment.id).where(
+                            Assignment.agent_id.in_(list(self.fleet.agents)),
+                            Assignment.status.in_(["assigned", "running"]),
+                        )
+                    )
+                )
+                .tuples()
+                .all()
+            )
+        for open_status in OPEN:
+            metrics.queue_depth.labels(open_status.value).set(queue.get(open_status.value, 0))
+        metrics.agents_active.clear()
+        for model, status, count in fleet:
+            metrics.agents_active.labels(model, status).set(count)
+        metrics.sessions_active.clear()
+        for strategy, count in sessions:
+            metrics.sessions_active.labels(strategy).set(count)
+        open_by_agent: dict[str, set[uuid.UUID]] = {}
+        for agent_id, assignment_id in open_rows:
+            open_by_agent.setdefault(agent_id, set()).add(assignment_id)
+        self.fleet.resync(open_by_agent)
+        for agent_id, model, ratio in self.fleet.utilization():
+            metrics.agent_utilization.labels(agent_id, model).set(ratio)
+
+    @staticmethod
+    async def _every(seconds: float, work: object) -> None:
+        assert callable(work)
         while True:
-            await asyncio.sleep(self.settings.replica_heartbeat_interval)
+            await asyncio.sleep(seconds)
             try:
-                await self._heartbeat_once()
+                await work()
             except Exception:
-                logger.exception("replica heartbeat failed")
+                logger.exception("periodic job failed")

@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
     BigInteger,
     Boolean,
     DateTime,
@@ -16,11 +15,12 @@ from sqlalchemy import (
     Index,
     Integer,
     Text,
+    UniqueConstraint,
     Uuid,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base
@@ -114,6 +114,7 @@ class Task(Base):
             postgresql_where=text("status IN ('assigned', 'running')"),
         ),
         Index("ix_tasks_status_created_at", "status", "created_at"),
+        UniqueConstraint("session_id", "session_key", name="uq_tasks_session_id_session_key"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -133,6 +134,8 @@ class Task(Base):
     strategy: Mapped[str | None] = mapped_column(Text)
     max_cost: Mapped[float | None] = mapped_column(Double)
     estimated_tokens: Mapped[int | None] = mapped_column(Integer)
+    # When set, only these agents may take the task (session participants, or a client's pin).
+    agent_ids: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
     agent_id: Mapped[str | None] = mapped_column(Text, index=True)
     assignment_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     result: Mapped[Any | None] = mapped_column(JSONB)
@@ -144,6 +147,8 @@ class Task(Base):
     session_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid, ForeignKey("collab_sessions.id", ondelete="SET NULL"), index=True
     )
+    # The subtask's key within its session; unique, so a resumed session never submits a subtask twice.
+    session_key: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
     assigned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises: 
-Create Date: 2026-11-26 11:16:49.645398
+Create Date: 2026-11-26 11:22:46.252990
 """
 
 from collections.abc import Sequence
@@ -125,6 +125,7 @@ def upgrade() -> None:
     sa.Column('strategy', sa.Text(), nullable=True),
     sa.Column('max_cost', sa.Double(), nullable=True),
     sa.Column('estimated_tokens', sa.Integer(), nullable=True),
+    sa.Column('agent_ids', sa.ARRAY(sa.Text()), nullable=True),
     sa.Column('agent_id', sa.Text(), nullable=True),
     sa.Column('assignment_id', sa.Uuid(), nullable=True),
     sa.Column('result', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
@@ -134,6 +135,7 @@ def upgrade() -> None:
     sa.Column('cost', sa.Double(), server_default=sa.text('0'), nullable=False),
     sa.Column('idempotency_key', sa.Text(), nullable=True),
     sa.Column('session_id', sa.Uuid(), nullable=True),
+    sa.Column('session_key', sa.Text(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('assigned_at', sa.DateTime(timezone=True), nullable=True),
@@ -141,7 +143,8 @@ def upgrade() -> None:
     sa.Column('version', sa.Integer(), server_default=sa.text('1'), nullable=False),
     sa.ForeignKeyConstraint(['session_id'], ['collab_sessions.id'], name=op.f('fk_tasks_session_id_collab_sessions'), ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_tasks')),
-    sa.UniqueConstraint('idempotency_key', name=op.f('uq_tasks_idempotency_key'))
+    sa.UniqueConstraint('idempotency_key', name=op.f('uq_tasks_idempotency_key')),
+    sa.UniqueConstraint('session_id', 'session_key', name='uq_tasks_session_id_session_key')
     )
     op.create_index(op.f('ix_tasks_agent_id'), 'tasks', ['agent_id'], unique=False)
     op.create_index('ix_tasks_open_lease', 'tasks', ['lease_expires_at'], unique=False, postgresql_where=sa.text("status IN ('assigned', 'running')"))

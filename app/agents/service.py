@@ -1,0 +1,210 @@
+"""The agent registry: registration, status, the capability index, health history. Postgres holds it all."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import Agent, AgentCapability, AgentHealthCheck, Assignment
+from app.errors import AgentNotFound, AgentRejected, CloseCode, Conflict
+from app.gateway.protocol import Register
+from app.tasks import lifecycle, recovery
+from app.tasks.service import notify
+
+HEALTH_HISTORY = 100
+UNHEALTHY_AFTER = 3
+OPEN = ("assigned", "running")
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredAgent:
+    id: str
+    name: str
+    model: str
+    capabilities: frozenset[str]
+    max_concurrency: int
+    success_rate: float
+    active: int  # open assignments (normally 0: a reconnect requeues the old ones)
+    requeued: lifecycle.Outcome
+
+
+def new_agent_id() -> str:
+    import uuid
+
+    return f"agent-{uuid.uuid4().hex[:12]}"
+
+
+async def register(
+    session: AsyncSession,
+    frame: Register,
+    *,
+    replica_id: str,
+    allowed_models: Sequence[str],
+    default_concurrency: int,
+) -> RegisteredAgent:
+    if allowed_models and frame.model not in allowed_models:
+        raise AgentRejected(
+            CloseCode.MODEL_NOT_ALLOWED,
+            f"model {frame.model!r} is not allowed here; allowed: {', '.join(allowed_models)}",
+        )
+    agent_id = frame.agent_id or new_agent_id()
+    values: dict[str, Any] = {
+        "id": agent_id,
+        "name": frame.name or agent_id,
+        "model": frame.model,
+        "capabilities": [cap.model_dump() for cap in frame.capabilities],
+        "status": "active",
+        "max_concurrency": frame.max_concurrency or default_concurrency,
+        "replica_id": replica_id,
+        "connected_at": func.now(),
+        "last_seen_at": func.now(),
+        "health_failures": 0,
+    }
+    previous_replica = await session.scalar(
+        select(Agent.replica_id).where(Agent.id == agent_id, Agent.status != "offline").with_for_update()
+    )
+    insert_agent = insert(Agent).values(values)
+    upsert = insert_agent.on_conflict_do_update(
+        index_elements=[Agent.id],
+        set_={key: insert_agent.excluded[key] for key in values if key != "id"}
+        | {"version": Agent.version + 1},
+    ).returning(Agent)
+    agent = (await session.scalars(upsert)).one()
+    await session.execute(delete(AgentCapability).where(AgentCapability.agent_id == agent_id))
+    await session.execute(
+        insert(AgentCapability),
+        [
+            {"agent_id": agent_id, "name": cap.name, "type": cap.type, "version": cap.version}
+            for cap in frame.capabilities
+        ],
+    )
+    if previous_replica is not None and previous_replica != replica_id:
+        await notify(session, {"k": "replace", "agent": agent_id, "replica": replica_id})
+    # Whatever the old connection held went with it; the queue gets it back now rather than at lease expiry.
+    requeued = await recovery.requeue_open_assignments(
+        session, agent_ids=[agent_id], reason="agent reconnected"
+    )
+    done = agent.tasks_completed + agent.tasks_failed
+    return RegisteredAgent(
+        id=agent_id,
+        name=agent.name,
+        model=agent.model,
+        capabilities=frozenset(cap.name for cap in frame.capabilities),
+        max_concurrency=agent.max_concurrency,
+        success_rate=agent.tasks_completed / done if done else 1.0,
+        active=0,
+        requeued=requeued,
+    )
+
+
+async def disconnect(session: AsyncSession, agent_id: str, *, replica_id: str) -> lifecycle.Outcome:
+    """The socket on ``replica_id`` closed: offline at once, and its work back to the queue."""
+    result = await session.execute(
+        update(Agent)
+        .where(Agent.id == agent_id, Agent.replica_id == replica_id)
+        .values(status="offline", last_seen_at=func.now())
+        .returning(Agent.id)
+    )
+    if result.first() is None:
+        return lifecycle.Outcome()  # a newer connection (maybe on another replica) owns the agent now
+    return await recovery.requeue_open_assignments(session, agent_ids=[agent_id], reason="agent disconnected")
+
+
+async def set_status(session: AsyncSession, agent_id: str, status: str) -> None:
+    await session.execute(
+        update(Agent).where(Agent.id == agent_id).values(status=status, last_seen_at=func.now())
+    )
+
+
+async def drain(session: AsyncSession, agent_id: str) -> Agent:
+    agent = await session.get(Agent, agent_id, with_for_update=True)
+    if agent is None:
+        raise AgentNotFound(f"no agent with id {agent_id}")
+    if agent.status == "offline":
+        raise Conflict(f"agent {agent_id} is offline; only a connected agent can be drained")
+    agent.status = "draining"
+    await notify(session, {"k": "drain", "agent": agent_id})
+    await session.commit()
+    await session.refresh(agent)
+    return agent
+
+
+async def deregister(session: AsyncSession, agent_id: str) -> None:
+    agent = await session.get(Agent, agent_id, with_for_update=True)
+    if agent is None:
+        raise AgentNotFound(f"no agent with id {agent_id}")
+    await recovery.requeue_open_assignments(session, agent_ids=[agent_id], reason="agent deregistered")
+    await notify(session, {"k": "deregister", "agent": agent_id, "model": agent.model})
+    await session.delete(agent)
+    await session.commit()
+
+
+async def mark_replica_agents_offline(
+    session: AsyncSession, replica_id: str, *, reason: str
+) -> lifecycle.Outcome:
+    """A replica died (or restarted): its agents are offline and their leases go back to the queue."""
+    await session.execute(
+        update(Agent)
+        .where(Agent.replica_id == replica_id, Agent.status != "offline")
+        .values(status="offline")
+    )
+    return await recovery.requeue_open_assignments(session, replica_id=replica_id, reason=reason)
+
+
+async def record_health(
+    session: AsyncSession, checks: Sequence[tuple[str, bool, float | None, str | None]]
+) -> tuple[list[str], list[str], lifecycle.Outcome]:
+    """Store one round of checks; returns the agents now unhealthy, those recovered, and the requeued work."""
+    if not checks:
+        return [], [], lifecycle.Outcome()
+    await session.execute(
+        insert(AgentHealthCheck),
+        [{"agent_id": a, "ok": ok, "duration_ms": ms, "error": err} for a, ok, ms, err in checks],
+    )
+    ids = [agent_id for agent_id, *_ in checks]
+    await session.execute(
+        text(
+            "DELETE FROM agent_health_checks h USING ("
+            " SELECT id, row_number() OVER (PARTITION BY agent_id ORDER BY id DESC) AS rn"
+            " FROM agent_health_checks WHERE agent_id = ANY(:ids)) old"
+            " WHERE h.id = old.id AND old.rn > :keep"
+        ),
+        {"ids": ids, "keep": HEALTH_HISTORY},
+    )
+    became_unhealthy: list[str] = []
+    recovered: list[str] = []
+    for agent_id, ok, _, _ in checks:
+        agent = await session.get(Agent, agent_id, with_for_update=True, populate_existing=True)
+        if agent is None:
+            continue
+        if ok:
+            if agent.status == "unhealthy":
+                agent.status = "active"
+                recovered.append(agent_id)
+            agent.health_failures = 0
+            agent.last_seen_at = func.now()
+        else:
+            agent.health_failures += 1
+            if agent.health_failures >= UNHEALTHY_AFTER and agent.status in {"active", "draining"}:
+                agent.status = "unhealthy"
+                became_unhealthy.append(agent_id)
+    outcome = lifecycle.Outcome()
+    if became_unhealthy:
+        outcome = await recovery.requeue_open_assignments(
+            session, agent_ids=became_unhealthy, reason="agent unhealthy"
+        )
+    return became_unhealthy, recovered, outcome
+
+
+async def open_assignment_counts(session: AsyncSession, agent_ids: Sequence[str]) -> dict[str, int]:
+    rows = await session.execute(
+        select(Assignment.agent_id, func.count())
+        .where(Assignment.agent_id.in_(list(agent_ids)), Assignment.status.in_(OPEN))
+        .group_by(Assignment.agent_id)
+    )
+    return {agent_id: count for agent_id, count in rows.tuples()}

@@ -1,0 +1,164 @@
+"""Claims pending tasks, routes them to local agents, leases them and sends `assign` after the commit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import replace
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.db.models import Assignment, Task
+from app.dispatch.fleet import Fleet
+from app.gateway.effects import Effects
+from app.gateway.hub import Hub
+from app.gateway.protocol import Assign
+from app.routing.scoring import Price, Weights
+from app.routing.strategies import Candidate, RoutingPolicy, TaskRequirements, pick
+from app.tasks import lifecycle, recovery
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 256
+SLOW_TIMER = 1.0  # seconds: look even when nothing woke us (backoffs ending, missed notifications)
+
+
+def routing_policy(settings: Settings) -> RoutingPolicy:
+    return RoutingPolicy(
+        strategy=settings.routing_strategy,
+        weights=Weights(**settings.routing_weights),
+        allowed_models=frozenset(settings.allowed_models),
+        cost_limit_per_task=settings.cost_limit_per_task,
+        prices={m: Price(p["input_per_1k"], p["output_per_1k"]) for m, p in settings.model_prices.items()},
+    )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        hub: Hub,
+        fleet: Fleet,
+        effects: Effects,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.hub = hub
+        self.fleet = fleet
+        self.effects = effects
+        self.policy = routing_policy(settings)
+        self.last_agent_id: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="dispatcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _run(self) -> None:
+        work = self.effects.signals.work
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(work.wait(), SLOW_TIMER)
+            work.clear()
+            try:
+                while await self.dispatch_once():
+                    pass
+            except Exception:
+                logger.exception("dispatch round failed")
+                await asyncio.sleep(0.5)
+
+    def _requirements(self, task: Task) -> TaskRequirements:
+        return TaskRequirements(
+            required_capabilities=frozenset(task.required_capabilities),
+            model=task.model,
+            max_cost=task.max_cost,
+            estimated_tokens=task.estimated_tokens
+            if task.estimated_tokens is not None
+            else self.settings.default_estimated_tokens,
+            agent_ids=frozenset(task.agent_ids) if task.agent_ids else None,
+            strategy=task.strategy,
+        )
+
+    async def dispatch_once(self) -> int:
+        """One batch: returns how many tasks were leased (0 when there is nothing to do here)."""
+        candidates = self.fleet.candidates()
+        if not candidates:
+            return 0
+        spare = sum(c.max_concurrency - c.active for c in candidates)
+        offered = sorted(set().union(*(c.capabilities for c in candidates)))
+        async with self.sessionmaker() as session:
+            tasks = await lifecycle.claim_pending(session, capabilities=offered, limit=min(spare, MAX_BATCH))
+            if not tasks:
+                return 0
+            plans = self._route(tasks, {c.agent_id: c for c in candidates})
+            leased = await lifecycle.lease(session, plans, replica_id=self.settings.replica_id)
+            await session.commit()
+        self._send(leased)
+        return len(leased)
+
+    def _route(self, tasks: list[Task], snapshot: dict[str, Candidate]) -> list[tuple[Task, str]]:
+        plans: list[tuple[Task, str]] = []
+        for task in tasks:
+            decision = pick(
+                self._requirements(task),
+                list(snapshot.values()),
+                self.policy,
+                last_agent_id=self.last_agent_id,
+            )
+            if decision is None:
+                continue  # no local agent fits; it stays pending for another replica or a later agent
+            chosen = snapshot[decision.agent_id]
+            snapshot[decision.agent_id] = replace(chosen, active=chosen.active + 1)
+            self.last_agent_id = decision.agent_id
+            plans.append((task, decision.agent_id))
+        return plans
+
+    def _send(self, leased: list[tuple[Task, Assignment]]) -> None:
+        metrics = self.effects.metrics
+        orphans = []
+        for task, assignment in leased:
+            self.fleet.leased(assignment.agent_id, assignment.id)
+            assert task.lease_expires_at is not None
+            frame = Assign(
+                assignment_id=assignment.id,
+                task_id=task.id,
+                task_type=task.type,
+                payload=task.payload,
+                timeout=task.timeout,
+                deadline=task.lease_expires_at,
+                attempt=task.attempt,
+            )
+            if not self.hub.send(assignment.agent_id, frame):
+                orphans.append(assignment.id)
+                continue
+            agent = self.fleet.agents.get(assignment.agent_id)
+            metrics.tasks_assigned.labels(agent.model if agent else "unknown", task.type).inc()
+            metrics.dispatch_latency.labels(task.type).observe(
+                max(0.0, (assignment.assigned_at - task.available_at).total_seconds())
+            )
+            self.effects.signals.task_changed(task.id)
+        if orphans:
+            job = asyncio.create_task(self._requeue_orphans(orphans), name="requeue-orphans")
+            self._background.add(job)
+            job.add_done_callback(self._background.discard)
+
+    async def _requeue_orphans(self, assignment_ids: list[uuid.UUID]) -> None:
+        """The agent's socket closed between our pick and our send: give the work straight back."""
+        async with self.sessionmaker() as session:
+            outcome = await recovery.requeue_open_assignments(
+                session, assignment_ids=assignment_ids, reason="agent gone before assign was sent"
+            )
+            await session.commit()
+        self.effects.after_commit(outcome, reason="agent_lost")

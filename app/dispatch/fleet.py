@@ -1,0 +1,105 @@
+"""The dispatcher's view of the agents whose sockets this replica holds: capacity, status, open leases."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from app.agents.service import RegisteredAgent
+from app.routing.strategies import Candidate
+from app.tasks.lifecycle import Finished
+
+
+@dataclass
+class LocalAgent:
+    id: str
+    model: str
+    capabilities: frozenset[str]
+    max_concurrency: int
+    status: str = "active"
+    completed: int = 0
+    failed: int = 0
+    prior_success_rate: float = 1.0
+    open: set[uuid.UUID] = field(default_factory=set)
+
+    @property
+    def success_rate(self) -> float:
+        done = self.completed + self.failed
+        return self.completed / done if done else self.prior_success_rate
+
+    def candidate(self) -> Candidate:
+        return Candidate(
+            agent_id=self.id,
+            model=self.model,
+            capabilities=self.capabilities,
+            max_concurrency=self.max_concurrency,
+            active=len(self.open),
+            success_rate=self.success_rate,
+            status=self.status,
+        )
+
+
+class Fleet:
+    """Implements the gateway's FleetListener. Open leases are tracked by assignment id, so a repeated
+    end-of-assignment signal never frees capacity twice."""
+
+    def __init__(self) -> None:
+        self.agents: dict[str, LocalAgent] = {}
+
+    def agent_joined(self, agent: RegisteredAgent) -> None:
+        self.agents[agent.id] = LocalAgent(
+            id=agent.id,
+            model=agent.model,
+            capabilities=agent.capabilities,
+            max_concurrency=agent.max_concurrency,
+            prior_success_rate=agent.success_rate,
+        )
+
+    def agent_left(self, agent_id: str) -> None:
+        self.agents.pop(agent_id, None)
+
+    def agent_status(self, agent_id: str, status: str) -> None:
+        agent = self.agents.get(agent_id)
+        if agent is not None:
+            agent.status = status
+
+    def assignments_ended(self, finished: Sequence[Finished]) -> None:
+        for item in finished:
+            agent = self.agents.get(item.agent_id)
+            if agent is None or item.assignment_id is None:
+                continue
+            if item.assignment_id in agent.open:
+                agent.open.discard(item.assignment_id)
+                if item.status == "succeeded":
+                    agent.completed += 1
+                elif item.status == "failed" or (item.retried and item.duration_s > 0):
+                    agent.failed += 1
+
+    def assignment_ended(self, agent_id: str, assignment_id: uuid.UUID) -> None:
+        agent = self.agents.get(agent_id)
+        if agent is not None:
+            agent.open.discard(assignment_id)
+
+    def leased(self, agent_id: str, assignment_id: uuid.UUID) -> None:
+        agent = self.agents.get(agent_id)
+        if agent is not None:
+            agent.open.add(assignment_id)
+
+    def resync(self, open_by_agent: dict[str, set[uuid.UUID]]) -> None:
+        """Replace the open sets with the database's truth (a periodic safety net)."""
+        for agent_id, agent in self.agents.items():
+            agent.open = set(open_by_agent.get(agent_id, set()))
+
+    def candidates(self) -> list[Candidate]:
+        return [
+            agent.candidate()
+            for agent in self.agents.values()
+            if agent.status == "active" and len(agent.open) < agent.max_concurrency
+        ]
+
+    def utilization(self) -> list[tuple[str, str, float]]:
+        return [
+            (agent.id, agent.model, min(1.0, len(agent.open) / agent.max_concurrency))
+            for agent in self.agents.values()
+        ]

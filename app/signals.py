@@ -1,0 +1,38 @@
+"""In-process wake-ups: work became available, a task changed. Local code and the LISTEN bus both call in.
+
+Nothing here is durable: a missed signal only delays a waiter until its next poll, so it never loses work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+
+
+class Signals:
+    def __init__(self) -> None:
+        self.work = asyncio.Event()  # pending tasks or free capacity: the dispatcher should look
+        self._task_waiters: dict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
+
+    def work_available(self) -> None:
+        self.work.set()
+
+    def task_changed(self, task_id: uuid.UUID) -> None:
+        for event in self._task_waiters.get(task_id, ()):
+            event.set()
+
+    async def wait_task(self, task_id: uuid.UUID, seconds: float) -> None:
+        """Return when ``task_id`` changes or after ``seconds``, whichever is first."""
+        event = asyncio.Event()
+        self._task_waiters[task_id].add(event)
+        try:
+            await asyncio.wait_for(event.wait(), seconds)
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._task_waiters.get(task_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._task_waiters[task_id]

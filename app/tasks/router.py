@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from sse_starlette.sse import EventSourceResponse
+
+from app.deps import ClientDep, MakerDep, SessionDep, SettingsDep, SignalsDep
+from app.errors import InvalidInput
+from app.tasks import service, watch
+from app.tasks.schemas import (
+    AssignmentList,
+    AssignmentOut,
+    TaskBatchCreate,
+    TaskBatchOut,
+    TaskCreate,
+    TaskList,
+    TaskOut,
+    TaskStatusName,
+)
+
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=TaskOut)
+async def submit_task(
+    body: TaskCreate, response: Response, session: SessionDep, settings: SettingsDep, _: ClientDep
+) -> TaskOut:
+    task, created = await service.submit(session, settings, body)
+    if not created:
+        response.status_code = status.HTTP_200_OK  # the same idempotency key: the same task
+    response.headers["Location"] = f"/api/v1/tasks/{task.id}"
+    return service.to_out(task)
+
+
+@router.post(":batch", status_code=status.HTTP_201_CREATED, response_model=TaskBatchOut)
+async def submit_batch(
+    body: TaskBatchCreate, session: SessionDep, settings: SettingsDep, _: ClientDep
+) -> TaskBatchOut:
+    tasks = await service.submit_batch(session, settings, body.tasks)
+    return TaskBatchOut(tasks=[service.to_out(task) for task in tasks])
+
+
+@router.get("", response_model=TaskList)
+async def list_tasks(
+    session: SessionDep,
+    _: ClientDep,
+    status: TaskStatusName | None = None,
+    type: str | None = None,
+    agent_id: str | None = None,
+    session_id: uuid.UUID | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> TaskList:
+    tasks, next_cursor = await service.list_tasks(
+        session,
+        status=status,
+        task_type=type,
+        agent_id=agent_id,
+        session_id=session_id,
+        cursor=cursor,
+        limit=limit,
+    )
+    return TaskList(items=[service.to_out(task) for task in tasks], next_cursor=next_cursor)
+
+
+@router.get("/{task_id}", response_model=TaskOut)
+async def get_task(
+    task_id: uuid.UUID,
+    maker: MakerDep,
+    signals: SignalsDep,
+    _: ClientDep,
+    wait: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for a terminal state.")] = 0,
+) -> TaskOut:
+    return service.to_out(await watch.wait_until_terminal(maker, signals, task_id, wait))
+
+
+@router.get("/{task_id}/events")
+async def task_events(
+    task_id: uuid.UUID,
+    request: Request,
+    maker: MakerDep,
+    signals: SignalsDep,
+    _: ClientDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    after = last_event_id or request.query_params.get("after") or "0"
+    if not after.isdigit():
+        raise InvalidInput(
+            "Last-Event-ID must be an event id this stream sent",
+            errors=[{"field": "header.last-event-id", "message": "not an event id", "type": "value_error"}],
+        )
+    await watch.ensure_task_exists(maker, task_id)  # a 404 must come before the stream starts
+    return EventSourceResponse(watch.event_stream(maker, signals, task_id, int(after)), ping=15)
+
+
+@router.post("/{task_id}/cancel", response_model=TaskOut)
+async def cancel_task(task_id: uuid.UUID, session: SessionDep, signals: SignalsDep, _: ClientDep) -> TaskOut:
+    task = await service.cancel_task(session, task_id)
+    signals.task_changed(task.id)
+    return service.to_out(task)
+
+
+@router.get("/{task_id}/assignments", response_model=AssignmentList)
+async def task_assignments(task_id: uuid.UUID, session: SessionDep, _: ClientDep) -> AssignmentList:
+    assignments = await service.list_assignments(session, task_id)
+    return AssignmentList(items=[AssignmentOut.model_validate(a) for a in assignments])

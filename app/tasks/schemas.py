@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from app.config import parse_duration
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=7 * 24 * 3600)]
+TaskStatusName = Literal["pending", "assigned", "running", "succeeded", "failed", "cancelled", "timed_out"]
+StrategyName = Literal["capability_based", "round_robin", "least_loaded"]
+
+
+class TaskCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Name
+    capabilities: list[Name] = Field(min_length=1, max_length=32, description="Every one is required.")
+    payload: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
+    timeout: Seconds | None = Field(default=None, description="Lease per attempt (30s, 5m or seconds).")
+    queue_timeout: Seconds | None = Field(default=None, description="How long it may wait for an agent.")
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    max_cost: float | None = Field(
+        default=None, gt=0, description="USD; agents estimated dearer are skipped."
+    )
+    estimated_tokens: int | None = Field(default=None, ge=0, le=100_000_000)
+    model: str | None = Field(default=None, min_length=1, max_length=128)
+    strategy: StrategyName | None = None
+    agent_ids: list[Name] | None = Field(default=None, min_length=1, max_length=1000)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("capabilities")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+
+class TaskBatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[TaskCreate] = Field(min_length=1, max_length=1000)
+
+
+class UsageOut(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    cost: float
+
+
+class TaskOut(BaseModel):
+    id: uuid.UUID
+    type: str
+    capabilities: list[str]
+    payload: dict[str, Any]
+    priority: int
+    status: TaskStatusName
+    attempt: int
+    max_attempts: int
+    timeout: float
+    queue_timeout: float
+    model: str | None
+    strategy: str | None
+    max_cost: float | None
+    estimated_tokens: int | None
+    agent_ids: list[str] | None
+    agent_id: str | None
+    assignment_id: uuid.UUID | None
+    result: Any
+    error: dict[str, Any] | None
+    usage: UsageOut
+    idempotency_key: str | None
+    session_id: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+    available_at: datetime
+    assigned_at: datetime | None
+    lease_expires_at: datetime | None
+    expires_at: datetime
+    finished_at: datetime | None
+
+
+class TaskList(BaseModel):
+    items: list[TaskOut]
+    next_cursor: str | None
+
+
+class TaskBatchOut(BaseModel):
+    tasks: list[TaskOut]
+
+
+class AssignmentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    task_id: uuid.UUID
+    agent_id: str
+    replica_id: str
+    attempt: int
+    status: str
+    assigned_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    latency_ms: float | None
+    input_tokens: int
+    output_tokens: int
+    cost: float
+    output: Any
+    error: dict[str, Any] | None
+    reason: str | None
+
+
+class AssignmentList(BaseModel):
+    items: list[AssignmentOut]
