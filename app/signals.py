@@ -13,6 +13,7 @@ from collections import defaultdict
 class Signals:
     def __init__(self) -> None:
         self.work = asyncio.Event()  # pending tasks or free capacity: the dispatcher should look
+        self.sessions = asyncio.Event()  # a task ended: a collaboration session may have a step to take
         self._task_waiters: dict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
 
     def work_available(self) -> None:

@@ -37,3 +37,4 @@ class Effects:
                 metrics.cost.labels(model).inc(item.cost)
         self.fleet.assignments_ended(outcome.finished)
         self.signals.work_available()
+        self.signals.sessions.set()
