@@ -111,9 +111,14 @@ class Dispatcher:
     def _route(self, tasks: list[Task], snapshot: dict[str, Candidate]) -> list[tuple[Task, str]]:
         plans: list[tuple[Task, str]] = []
         for task in tasks:
+            candidates = list(snapshot.values())
+            refused = self.fleet.rejections.get(task.id)
+            if refused:
+                # Offer it to someone who has not refused it; only if nobody else can, ask the refusers again.
+                candidates = [c for c in candidates if c.agent_id not in refused] or candidates
             decision = pick(
                 self._requirements(task),
-                list(snapshot.values()),
+                candidates,
                 self.policy,
                 last_agent_id=self.last_agent_id,
             )

@@ -46,6 +46,8 @@ class Fleet:
 
     def __init__(self) -> None:
         self.agents: dict[str, LocalAgent] = {}
+        # Who refused which task, so the dispatcher offers it elsewhere first (bounded; a hint only).
+        self.rejections: dict[uuid.UUID, set[str]] = {}
 
     def agent_joined(self, agent: RegisteredAgent) -> None:
         self.agents[agent.id] = LocalAgent(
@@ -66,6 +68,12 @@ class Fleet:
 
     def assignments_ended(self, finished: Sequence[Finished]) -> None:
         for item in finished:
+            if item.rejected:
+                if len(self.rejections) > 10_000:
+                    self.rejections.clear()
+                self.rejections.setdefault(item.task_id, set()).add(item.agent_id)
+            elif item.status != "pending":
+                self.rejections.pop(item.task_id, None)
             agent = self.agents.get(item.agent_id)
             if agent is None or item.assignment_id is None:
                 continue

@@ -45,6 +45,7 @@ class Finished:
     output_tokens: int = 0
     cost: float = 0.0
     retried: bool = False
+    rejected: bool = False
 
 
 @dataclass
@@ -200,7 +201,9 @@ async def reject(
     )
     await notify(session, {"k": "work"})
     return Outcome(
-        finished=[Finished(task.id, task.type, agent_id, task.status, assignment.id, retried=True)]
+        finished=[
+            Finished(task.id, task.type, agent_id, task.status, assignment.id, retried=True, rejected=True)
+        ]
     )
 
 
