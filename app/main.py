@@ -14,11 +14,13 @@ from app.db.session import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
 from app.gateway.endpoint import router as gateway_router
 from app.keys.router import router as keys_router
+from app.limits import BodySizeLimit
 from app.metrics import Metrics
 from app.probes import router as probes_router
 from app.runtime import Runtime
 from app.security import KeyCache
 from app.tasks.router import router as tasks_router
+from app.usage.router import router as usage_router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -58,11 +60,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.key_cache = KeyCache()
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
 
     api = APIRouter(prefix="/api/v1")
     api.include_router(keys_router)
     api.include_router(agents_router)
     api.include_router(tasks_router)
+    api.include_router(usage_router)
     app.include_router(api)
     app.include_router(probes_router)
     app.include_router(gateway_router)

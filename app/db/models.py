@@ -166,6 +166,7 @@ class Assignment(Base):
             "agent_id",
             postgresql_where=text("status IN ('assigned', 'running')"),
         ),
+        Index("ix_assignments_finished_at", "finished_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -173,6 +174,7 @@ class Assignment(Base):
         Uuid, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False, index=True
     )
     agent_id: Mapped[str] = mapped_column(Text, nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)  # the agent's model when leased: usage by model
     replica_id: Mapped[str] = mapped_column(Text, nullable=False)
     attempt: Mapped[int] = mapped_column(Integer, nullable=False)
     status: Mapped[str] = mapped_column(Text, nullable=False)

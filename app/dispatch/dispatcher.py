@@ -108,8 +108,8 @@ class Dispatcher:
         self._send(leased)
         return len(leased)
 
-    def _route(self, tasks: list[Task], snapshot: dict[str, Candidate]) -> list[tuple[Task, str]]:
-        plans: list[tuple[Task, str]] = []
+    def _route(self, tasks: list[Task], snapshot: dict[str, Candidate]) -> list[tuple[Task, str, str]]:
+        plans: list[tuple[Task, str, str]] = []
         for task in tasks:
             candidates = list(snapshot.values())
             refused = self.fleet.rejections.get(task.id)
@@ -127,7 +127,7 @@ class Dispatcher:
             chosen = snapshot[decision.agent_id]
             snapshot[decision.agent_id] = replace(chosen, active=chosen.active + 1)
             self.last_agent_id = decision.agent_id
-            plans.append((task, decision.agent_id))
+            plans.append((task, decision.agent_id, chosen.model))
         return plans
 
     def _send(self, leased: list[tuple[Task, Assignment]]) -> None:
@@ -148,8 +148,7 @@ class Dispatcher:
             if not self.hub.send(assignment.agent_id, frame):
                 orphans.append(assignment.id)
                 continue
-            agent = self.fleet.agents.get(assignment.agent_id)
-            metrics.tasks_assigned.labels(agent.model if agent else "unknown", task.type).inc()
+            metrics.tasks_assigned.labels(assignment.model, task.type).inc()
             metrics.dispatch_latency.labels(task.type).observe(
                 max(0.0, (assignment.assigned_at - task.available_at).total_seconds())
             )

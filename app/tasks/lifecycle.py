@@ -90,7 +90,7 @@ async def claim_pending(session: AsyncSession, *, capabilities: Sequence[str], l
 
 
 async def lease(
-    session: AsyncSession, plans: Sequence[tuple[Task, str]], *, replica_id: str
+    session: AsyncSession, plans: Sequence[tuple[Task, str, str]], *, replica_id: str
 ) -> list[tuple[Task, Assignment]]:
     """Assign each locked task to its chosen agent with a lease of the task's timeout."""
     if not plans:
@@ -98,7 +98,7 @@ async def lease(
     now = await db_now(session)
     leased: list[tuple[Task, Assignment]] = []
     events = []
-    for task, agent_id in plans:
+    for task, agent_id, model in plans:
         previous = task.status
         task.status = transition(previous, Ev.ASSIGN).value
         task.attempt += 1
@@ -106,6 +106,7 @@ async def lease(
             id=uuid.uuid4(),
             task_id=task.id,
             agent_id=agent_id,
+            model=model,
             replica_id=replica_id,
             attempt=task.attempt,
             status="assigned",

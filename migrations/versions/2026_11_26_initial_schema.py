@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises: 
-Create Date: 2026-11-26 11:22:46.252990
+Create Date: 2026-11-26 11:32:48.679907
 """
 
 from collections.abc import Sequence
@@ -46,7 +46,7 @@ def upgrade() -> None:
     sa.Column('name', sa.Text(), nullable=False),
     sa.Column('prefix', sa.Text(), nullable=False),
     sa.Column('secret_hash', sa.Text(), nullable=False),
-    sa.Column('scopes', sa.ARRAY(sa.Text()), nullable=False),
+    sa.Column('scopes', postgresql.ARRAY(sa.Text()), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_api_keys')),
@@ -110,7 +110,7 @@ def upgrade() -> None:
     op.create_table('tasks',
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('type', sa.Text(), nullable=False),
-    sa.Column('required_capabilities', sa.ARRAY(sa.Text()), nullable=False),
+    sa.Column('required_capabilities', postgresql.ARRAY(sa.Text()), nullable=False),
     sa.Column('payload', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
     sa.Column('priority', sa.Integer(), server_default=sa.text('0'), nullable=False),
     sa.Column('status', sa.Text(), nullable=False),
@@ -125,7 +125,7 @@ def upgrade() -> None:
     sa.Column('strategy', sa.Text(), nullable=True),
     sa.Column('max_cost', sa.Double(), nullable=True),
     sa.Column('estimated_tokens', sa.Integer(), nullable=True),
-    sa.Column('agent_ids', sa.ARRAY(sa.Text()), nullable=True),
+    sa.Column('agent_ids', postgresql.ARRAY(sa.Text()), nullable=True),
     sa.Column('agent_id', sa.Text(), nullable=True),
     sa.Column('assignment_id', sa.Uuid(), nullable=True),
     sa.Column('result', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
@@ -155,6 +155,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('task_id', sa.Uuid(), nullable=False),
     sa.Column('agent_id', sa.Text(), nullable=False),
+    sa.Column('model', sa.Text(), nullable=False),
     sa.Column('replica_id', sa.Text(), nullable=False),
     sa.Column('attempt', sa.Integer(), nullable=False),
     sa.Column('status', sa.Text(), nullable=False),
@@ -171,6 +172,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], name=op.f('fk_assignments_task_id_tasks'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_assignments'))
     )
+    op.create_index('ix_assignments_finished_at', 'assignments', ['finished_at'], unique=False)
     op.create_index('ix_assignments_open_by_agent', 'assignments', ['agent_id'], unique=False, postgresql_where=sa.text("status IN ('assigned', 'running')"))
     op.create_index(op.f('ix_assignments_task_id'), 'assignments', ['task_id'], unique=False)
     op.create_table('task_events',
@@ -193,6 +195,7 @@ def downgrade() -> None:
     op.drop_table('task_events')
     op.drop_index(op.f('ix_assignments_task_id'), table_name='assignments')
     op.drop_index('ix_assignments_open_by_agent', table_name='assignments', postgresql_where=sa.text("status IN ('assigned', 'running')"))
+    op.drop_index('ix_assignments_finished_at', table_name='assignments')
     op.drop_table('assignments')
     op.drop_index('ix_tasks_status_created_at', table_name='tasks')
     op.drop_index(op.f('ix_tasks_session_id'), table_name='tasks')
