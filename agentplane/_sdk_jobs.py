@@ -1,0 +1,111 @@
+"""The work an agent holds: running handlers, and the results the server has not acknowledged yet.
+
+Both outlive a connection; whatever socket is current when a handler finishes carries its result."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agentplane._sdk_context import Handler, TaskContext, encode_result, run_handler
+from agentplane._sdk_link import Link, text
+from app.gateway.protocol import Assign, Progress
+
+logger = logging.getLogger("agentplane.sdk")
+
+_PROGRESS_BACKLOG = 256  # progress is advisory: past this many queued frames it is dropped
+
+
+@dataclass(frozen=True)
+class _Job:
+    task: asyncio.Task[None]
+    ctx: TaskContext
+
+
+class Jobs:
+    def __init__(self, current_link: Callable[[], Link | None], max_result_bytes: int) -> None:
+        self._current_link = current_link
+        self._max_result_bytes = max_result_bytes
+        self._running: dict[uuid.UUID, _Job] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # running jobs plus cancelled ones winding down
+        self.unacked: dict[uuid.UUID, str] = {}  # assignment id -> result frame text, in finishing order
+        self.idle = asyncio.Event()  # set while nothing runs and every result is acknowledged
+        self.idle.set()
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def __contains__(self, assignment_id: uuid.UUID) -> bool:
+        return assignment_id in self._running
+
+    def start(self, handler: Handler, frame: Assign) -> None:
+        ctx = TaskContext(frame, self._emit_progress)
+        task = asyncio.create_task(self._execute(handler, ctx), name=f"agentplane-task-{ctx.assignment_id}")
+        self._running[ctx.assignment_id] = _Job(task, ctx)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._update_idle()
+
+    def cancel(self, assignment_id: uuid.UUID, reason: str) -> bool:
+        job = self._running.pop(assignment_id, None)
+        if job is None:
+            return False
+        # The flag is what a sync handler sees: cancelling its task cannot stop its thread.
+        job.ctx._cancel(reason)
+        job.task.cancel()
+        self._update_idle()
+        return True
+
+    async def cancel_all(self, reason: str) -> None:
+        for job in self._running.values():
+            job.ctx._cancel(reason)
+        self._running.clear()
+        current = asyncio.current_task()
+        tasks = [task for task in self._tasks if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._update_idle()
+
+    def acknowledged(self, assignment_id: uuid.UUID) -> None:
+        self.unacked.pop(assignment_id, None)
+        self._update_idle()
+
+    def forget(self, ref: str | None) -> None:
+        """The server has no such assignment for this agent: a result for it would never be acknowledged."""
+        with contextlib.suppress(ValueError, TypeError):
+            self.acknowledged(uuid.UUID(str(ref)))
+
+    async def _execute(self, handler: Handler, ctx: TaskContext) -> None:
+        try:
+            result = await run_handler(handler, ctx)
+        finally:
+            job = self._running.get(ctx.assignment_id)
+            if job is not None and job.ctx is ctx:
+                del self._running[ctx.assignment_id]
+        if result is not None:
+            result_text = encode_result(result, self._max_result_bytes)
+            self.unacked[ctx.assignment_id] = result_text
+            link = self._current_link()
+            if link is not None:
+                link.send(result_text)
+        self._update_idle()
+
+    def _emit_progress(self, frame: Progress) -> None:
+        link = self._current_link()
+        if link is None or frame.assignment_id not in self._running:
+            return
+        if link.outbox.qsize() >= _PROGRESS_BACKLOG:
+            logger.debug("progress for %s dropped: the outbox is backed up", frame.assignment_id)
+            return
+        link.send(text(frame))
+
+    def _update_idle(self) -> None:
+        if self._running or self.unacked:
+            self.idle.clear()
+        else:
+            self.idle.set()
