@@ -1,0 +1,42 @@
+"""Demo agents in their own processes (`agentplane agent --demo`), so a test can SIGKILL one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+class AgentProcess:
+    def __init__(
+        self, ws_url: str, key: str, agent_id: str, *, max_concurrency: int = 4, log_dir: Path | None = None
+    ) -> None:
+        self.agent_id = agent_id
+        self.args = [
+            sys.executable, "-m", "agentplane", "agent", "--demo",
+            "--url", ws_url, "--agent-id", agent_id, "--max-concurrency", str(max_concurrency),
+            "--log-level", "warning",
+        ]  # fmt: skip
+        self.env = {**os.environ, "AGENTPLANE_AGENT_KEY": key}
+        self.log_path = (log_dir or Path("/tmp")) / f"agent-{agent_id}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AgentProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
