@@ -165,6 +165,9 @@ class Settings(BaseSettings):
         default=1.0, validation_alias=AliasChoices("AGENTPLANE_REAPER_INTERVAL", "reaper_interval")
     )
     db_pool_size: int = Field(default=10, ge=1, validation_alias=AliasChoices("AGENTPLANE_DB_POOL_SIZE"))
+    metrics_refresh: Duration = Field(
+        default=5.0, validation_alias=AliasChoices("AGENTPLANE_METRICS_REFRESH", "metrics_refresh")
+    )
     max_request_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, validation_alias=AliasChoices("AGENTPLANE_MAX_REQUEST_BYTES")
     )

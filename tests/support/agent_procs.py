@@ -11,13 +11,20 @@ from pathlib import Path
 
 class AgentProcess:
     def __init__(
-        self, ws_url: str, key: str, agent_id: str, *, max_concurrency: int = 4, log_dir: Path | None = None
+        self,
+        ws_url: str,
+        key: str,
+        agent_id: str,
+        *,
+        max_concurrency: int = 4,
+        model: str = "demo-1",
+        log_dir: Path | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.args = [
             sys.executable, "-m", "agentplane", "agent", "--demo",
             "--url", ws_url, "--agent-id", agent_id, "--max-concurrency", str(max_concurrency),
-            "--log-level", "warning",
+            "--model", model, "--log-level", "warning",
         ]  # fmt: skip
         self.env = {**os.environ, "AGENTPLANE_AGENT_KEY": key}
         self.log_path = (log_dir or Path("/tmp")) / f"agent-{agent_id}.log"
