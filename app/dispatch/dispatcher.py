@@ -112,10 +112,10 @@ class Dispatcher:
         plans: list[tuple[Task, str, str]] = []
         for task in tasks:
             candidates = list(snapshot.values())
-            refused = self.fleet.rejections.get(task.id)
+            refused = self.fleet.refused_recently(task.id)
             if refused:
-                # Offer it to someone who has not refused it; only if nobody else can, ask the refusers again.
-                candidates = [c for c in candidates if c.agent_id not in refused] or candidates
+                # A refusal holds for a cool-down; with nobody else to ask, the task waits rather than bounce.
+                candidates = [c for c in candidates if c.agent_id not in refused]
             decision = pick(
                 self._requirements(task),
                 candidates,

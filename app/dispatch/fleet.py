@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -9,6 +10,8 @@ from dataclasses import dataclass, field
 from app.agents.service import RegisteredAgent
 from app.routing.strategies import Candidate
 from app.tasks.lifecycle import Finished
+
+REFUSAL_COOLDOWN = 5.0  # seconds before an agent that refused a task is offered it again
 
 
 @dataclass
@@ -46,8 +49,8 @@ class Fleet:
 
     def __init__(self) -> None:
         self.agents: dict[str, LocalAgent] = {}
-        # Who refused which task, so the dispatcher offers it elsewhere first (bounded; a hint only).
-        self.rejections: dict[uuid.UUID, set[str]] = {}
+        # Who refused which task and when, so the dispatcher offers it elsewhere (bounded; a hint only).
+        self.rejections: dict[uuid.UUID, dict[str, float]] = {}
 
     def agent_joined(self, agent: RegisteredAgent) -> None:
         self.agents[agent.id] = LocalAgent(
@@ -71,7 +74,7 @@ class Fleet:
             if item.rejected:
                 if len(self.rejections) > 10_000:
                     self.rejections.clear()
-                self.rejections.setdefault(item.task_id, set()).add(item.agent_id)
+                self.rejections.setdefault(item.task_id, {})[item.agent_id] = time.monotonic()
             elif item.status != "pending":
                 self.rejections.pop(item.task_id, None)
             agent = self.agents.get(item.agent_id)
@@ -88,6 +91,14 @@ class Fleet:
         agent = self.agents.get(agent_id)
         if agent is not None:
             agent.open.discard(assignment_id)
+
+    def refused_recently(self, task_id: uuid.UUID) -> set[str]:
+        """Agents that refused ``task_id`` within the cool-down: not offered it again until it passes."""
+        refusals = self.rejections.get(task_id)
+        if not refusals:
+            return set()
+        cutoff = time.monotonic() - REFUSAL_COOLDOWN
+        return {agent_id for agent_id, at in refusals.items() if at > cutoff}
 
     def leased(self, agent_id: str, assignment_id: uuid.UUID) -> None:
         agent = self.agents.get(agent_id)
