@@ -1,0 +1,113 @@
+"""A typed REST client for Agentplane (httpx). Errors come back as ApiError carrying the problem document."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import httpx
+import orjson
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
+
+
+class ApiError(Exception):
+    """A problem+json answer: ``status``, ``problem`` (the document), and a one-line message."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.problem = problem
+        detail = problem.get("detail") or problem.get("title") or "request failed"
+        super().__init__(f"{status}: {detail}")
+
+
+class Client:
+    def __init__(self, url: str = "http://127.0.0.1:8080", key: str = "", *, timeout: float = 30.0) -> None:
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {key}"}, timeout=timeout
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, f"/api/v1{path}", **kwargs)
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"title": response.reason_phrase, "detail": response.text[:200]}
+            raise ApiError(response.status_code, problem)
+        return response.json() if response.content else None
+
+    # Tasks
+    def submit(
+        self, type: str, capabilities: Sequence[str], payload: dict[str, Any] | None = None, **options: Any
+    ) -> dict[str, Any]:
+        body = {"type": type, "capabilities": list(capabilities), "payload": payload or {}, **options}
+        return dict(self._call("POST", "/tasks", json=body))
+
+    def submit_batch(self, tasks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        return list(self._call("POST", "/tasks:batch", json={"tasks": list(tasks)})["tasks"])
+
+    def get(self, task_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/tasks/{task_id}"))
+
+    def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Long-poll until the task is terminal (or ``timeout`` seconds pass); returns it either way."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = 60.0 if deadline is None else max(0.0, min(60.0, deadline - time.monotonic()))
+            task = dict(
+                self._call("GET", f"/tasks/{task_id}", params={"wait": remaining}, timeout=remaining + 30)
+            )
+            if task["status"] in TERMINAL or (deadline is not None and time.monotonic() >= deadline):
+                return task
+
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/tasks/{task_id}/cancel"))
+
+    def list_tasks(self, **filters: Any) -> dict[str, Any]:
+        return dict(self._call("GET", "/tasks", params={k: v for k, v in filters.items() if v is not None}))
+
+    def assignments(self, task_id: str) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"/tasks/{task_id}/assignments")["items"])
+
+    def events(self, task_id: str, last_event_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """Server-sent events of the task until its terminal transition; each has id, event and data."""
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        with self._http.stream(
+            "GET", f"/api/v1/tasks/{task_id}/events", headers=headers, timeout=None
+        ) as stream:
+            if stream.status_code >= 400:
+                stream.read()
+                raise ApiError(stream.status_code, stream.json())
+            event: dict[str, Any] = {}
+            for line in stream.iter_lines():
+                if not line:
+                    if "data" in event:
+                        yield event
+                    event = {}
+                elif line.startswith(":"):
+                    continue
+                else:
+                    field, _, value = line.partition(":")
+                    value = value.removeprefix(" ")
+                    event[field] = orjson.loads(value) if field == "data" else value
+
+    # Sessions and the registry
+    def create_session(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._call("POST", "/sessions", json=spec))
+
+    def get_session(self, session_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/sessions/{session_id}"))
+
+    def agents(self, **filters: Any) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/agents", params=filters)["items"])

@@ -1,0 +1,94 @@
+"""`agentplane task submit | get | cancel | watch`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+import orjson
+
+from agentplane.client import ApiError, Client
+
+URL_ENV, KEY_ENV = "AGENTPLANE_URL", "AGENTPLANE_KEY"
+
+
+def add_parser(subparsers: Any) -> None:
+    task = subparsers.add_parser("task", help="submit and follow tasks")
+    task.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8080"))
+    task.add_argument("--key", default=os.environ.get(KEY_ENV), help=f"a client key (default: ${KEY_ENV})")
+    sub = task.add_subparsers(dest="task_command", required=True)
+    submit = sub.add_parser("submit", help="submit a task and print it (or its result with --wait)")
+    submit.add_argument("--type", required=True)
+    submit.add_argument("--capability", action="append", required=True, help="repeat for several")
+    submit.add_argument("--payload", default="{}", help="a JSON object")
+    submit.add_argument("--priority", type=int)
+    submit.add_argument("--timeout", help="lease per attempt: 30s, 5m or seconds")
+    submit.add_argument("--idempotency-key")
+    submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    for name in ("get", "cancel", "watch"):
+        command = sub.add_parser(name, help=f"{name} a task")
+        command.add_argument("task_id")
+    task.set_defaults(func=cmd_task)
+
+
+def _print(value: Any) -> None:
+    print(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+def cmd_task(args: argparse.Namespace) -> int:
+    if not args.key:
+        print(f"agentplane: a key is needed: --key or ${KEY_ENV}", file=sys.stderr)
+        return 2
+    try:
+        with Client(args.url, args.key) as client:
+            return _run(client, args)
+    except ApiError as exc:
+        print(f"agentplane: {exc}", file=sys.stderr)
+        for error in exc.problem.get("errors") or []:
+            print(f"  {error.get('field')}: {error.get('message')}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"agentplane: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(client: Client, args: argparse.Namespace) -> int:
+    if args.task_command == "submit":
+        try:
+            payload = orjson.loads(args.payload)
+        except orjson.JSONDecodeError as exc:
+            print(f"agentplane: --payload is not JSON: {exc}", file=sys.stderr)
+            return 2
+        options = {
+            key: value
+            for key, value in {
+                "priority": args.priority,
+                "timeout": args.timeout,
+                "idempotency_key": args.idempotency_key,
+            }.items()
+            if value is not None
+        }
+        task = client.submit(args.type, args.capability, payload, **options)
+        if not args.wait:
+            _print(task)
+            return 0
+        task = client.wait(task["id"])
+        _print(
+            task["result"]
+            if task["status"] == "succeeded"
+            else {"status": task["status"], "error": task["error"]}
+        )
+        return 0 if task["status"] == "succeeded" else 1
+    if args.task_command == "get":
+        _print(client.get(args.task_id))
+    elif args.task_command == "cancel":
+        _print(client.cancel(args.task_id))
+    else:
+        for event in client.events(args.task_id):
+            data = event["data"]
+            detail = data.get("reason") or (data.get("data") or {}).get("message", "")
+            moved = f"{data.get('from') or '':>9} -> {data.get('to') or '':<9}"
+            print(f"{data['at']}  {event['event']:<10} {moved} {detail}")
+    return 0
