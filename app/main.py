@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.agents.router import router as agents_router
+from app.collab.router import router as sessions_router
 from app.config import Settings, get_settings
 from app.db.session import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(keys_router)
     api.include_router(agents_router)
     api.include_router(tasks_router)
+    api.include_router(sessions_router)
     api.include_router(usage_router)
     app.include_router(api)
     app.include_router(probes_router)

@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.agents import service as agents
+from app.collab.runner import SessionRunner
 from app.config import Settings
 from app.db.models import Agent, Assignment, CollabSession, Replica, Task
 from app.dispatch.bus import Bus
@@ -29,8 +30,6 @@ from app.signals import Signals
 from app.tasks.states import OPEN
 
 logger = logging.getLogger(__name__)
-
-GAUGE_REFRESH = 5.0  # seconds between recomputing fleet-wide gauges from the database
 
 
 class Runtime:
@@ -74,7 +73,11 @@ class Runtime:
         self.health = HealthMonitor(
             settings=settings, sessionmaker=sessionmaker, hub=self.hub, effects=self.effects
         )
+        self.sessions = SessionRunner(
+            settings=settings, sessionmaker=sessionmaker, signals=self.signals, metrics=metrics
+        )
         self._loops: list[asyncio.Task[None]] = []
+        self._utilization_labels: set[tuple[str, str]] = set()
 
     @property
     def replica_id(self) -> str:
@@ -84,13 +87,15 @@ class Runtime:
         await self._recover_previous_incarnation()
         await self._heartbeat_once()
         await self.bus.start()
-        for service in (self.dispatcher, self.reaper, self.health):
+        for service in (self.gateway, self.dispatcher, self.reaper, self.health, self.sessions):
             await service.start()
         self._loops = [
             asyncio.create_task(
                 self._every(self.settings.replica_heartbeat_interval, self._heartbeat_once), name="heartbeat"
             ),
-            asyncio.create_task(self._every(GAUGE_REFRESH, self.refresh_gauges), name="gauges"),
+            asyncio.create_task(
+                self._every(self.settings.metrics_refresh, self.refresh_gauges), name="gauges"
+            ),
         ]
         await self.refresh_gauges()
         logger.info("replica started", extra={"replica_id": self.replica_id})
@@ -102,12 +107,14 @@ class Runtime:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         await asyncio.gather(
+            self.sessions.stop(),
             self.health.stop(),
             self.reaper.stop(),
             self.dispatcher.stop(),
             self.bus.stop(),
             return_exceptions=True,
         )
+        await self.gateway.stop()  # last: frames still queued are unacknowledged, so agents resend them
         with contextlib.suppress(Exception):
             async with self.sessionmaker() as session:
                 await session.execute(delete(Replica).where(Replica.id == self.replica_id))
@@ -190,8 +197,13 @@ class Runtime:
         for agent_id, assignment_id in open_rows:
             open_by_agent.setdefault(agent_id, set()).add(assignment_id)
         self.fleet.resync(open_by_agent)
+        shown = set()
         for agent_id, model, ratio in self.fleet.utilization():
             metrics.agent_utilization.labels(agent_id, model).set(ratio)
+            shown.add((agent_id, model))
+        for agent_id, model in self._utilization_labels - shown:
+            metrics.forget_agent(agent_id, model)  # it left this replica: no stale series
+        self._utilization_labels = shown
 
     @staticmethod
     async def _every(seconds: float, work: object) -> None:

@@ -66,7 +66,12 @@ async def register(
         "health_failures": 0,
     }
     previous_replica = await session.scalar(
-        select(Agent.replica_id).where(Agent.id == agent_id, Agent.status != "offline").with_for_update()
+        select(Agent.replica_id).where(Agent.id == agent_id, Agent.status != "offline")
+    )
+    # Whatever an old connection held went with it: the queue gets it back now, not at lease expiry.
+    # (Requeue before touching the agent row: tasks, assignments, then agents is the lock order.)
+    requeued = await recovery.requeue_open_assignments(
+        session, agent_ids=[agent_id], reason="agent reconnected"
     )
     insert_agent = insert(Agent).values(values)
     upsert = insert_agent.on_conflict_do_update(
@@ -85,10 +90,6 @@ async def register(
     )
     if previous_replica is not None and previous_replica != replica_id:
         await notify(session, {"k": "replace", "agent": agent_id, "replica": replica_id})
-    # Whatever the old connection held went with it; the queue gets it back now rather than at lease expiry.
-    requeued = await recovery.requeue_open_assignments(
-        session, agent_ids=[agent_id], reason="agent reconnected"
-    )
     done = agent.tasks_completed + agent.tasks_failed
     return RegisteredAgent(
         id=agent_id,
@@ -103,16 +104,17 @@ async def register(
 
 
 async def disconnect(session: AsyncSession, agent_id: str, *, replica_id: str) -> lifecycle.Outcome:
-    """The socket on ``replica_id`` closed: offline at once, and its work back to the queue."""
-    result = await session.execute(
+    """The socket on ``replica_id`` closed: its work back to the queue, and offline at once."""
+    outcome = await recovery.requeue_open_assignments(
+        session, agent_ids=[agent_id], replica_id=replica_id, reason="agent disconnected"
+    )
+    # Only if no newer connection (maybe on another replica) owns the agent now.
+    await session.execute(
         update(Agent)
         .where(Agent.id == agent_id, Agent.replica_id == replica_id)
         .values(status="offline", last_seen_at=func.now())
-        .returning(Agent.id)
     )
-    if result.first() is None:
-        return lifecycle.Outcome()  # a newer connection (maybe on another replica) owns the agent now
-    return await recovery.requeue_open_assignments(session, agent_ids=[agent_id], reason="agent disconnected")
+    return outcome
 
 
 async def set_status(session: AsyncSession, agent_id: str, status: str) -> None:
@@ -135,7 +137,7 @@ async def drain(session: AsyncSession, agent_id: str) -> Agent:
 
 
 async def deregister(session: AsyncSession, agent_id: str) -> None:
-    agent = await session.get(Agent, agent_id, with_for_update=True)
+    agent = await session.get(Agent, agent_id)
     if agent is None:
         raise AgentNotFound(f"no agent with id {agent_id}")
     await recovery.requeue_open_assignments(session, agent_ids=[agent_id], reason="agent deregistered")
@@ -147,58 +149,76 @@ async def deregister(session: AsyncSession, agent_id: str) -> None:
 async def mark_replica_agents_offline(
     session: AsyncSession, replica_id: str, *, reason: str
 ) -> lifecycle.Outcome:
-    """A replica died (or restarted): its agents are offline and their leases go back to the queue."""
+    """A replica died (or restarted): its leases go back to the queue and its agents are offline."""
+    outcome = await recovery.requeue_open_assignments(session, replica_id=replica_id, reason=reason)
     await session.execute(
         update(Agent)
         .where(Agent.replica_id == replica_id, Agent.status != "offline")
         .values(status="offline")
     )
-    return await recovery.requeue_open_assignments(session, replica_id=replica_id, reason=reason)
+    return outcome
 
 
 async def record_health(
-    session: AsyncSession, checks: Sequence[tuple[str, bool, float | None, str | None]]
-) -> tuple[list[str], list[str], lifecycle.Outcome]:
-    """Store one round of checks; returns the agents now unhealthy, those recovered, and the requeued work."""
+    session: AsyncSession, checks: Sequence[tuple[str, bool, float | None, str | None]], *, prune: bool
+) -> tuple[list[str], list[str]]:
+    """Store one round of checks in bulk; returns the agents now unhealthy and those recovered.
+
+    The caller requeues the unhealthy agents' work in a transaction of its own (lock order).
+    """
     if not checks:
-        return [], [], lifecycle.Outcome()
+        return [], []
     await session.execute(
         insert(AgentHealthCheck),
         [{"agent_id": a, "ok": ok, "duration_ms": ms, "error": err} for a, ok, ms, err in checks],
     )
-    ids = [agent_id for agent_id, *_ in checks]
-    await session.execute(
-        text(
-            "DELETE FROM agent_health_checks h USING ("
-            " SELECT id, row_number() OVER (PARTITION BY agent_id ORDER BY id DESC) AS rn"
-            " FROM agent_health_checks WHERE agent_id = ANY(:ids)) old"
-            " WHERE h.id = old.id AND old.rn > :keep"
-        ),
-        {"ids": ids, "keep": HEALTH_HISTORY},
-    )
-    became_unhealthy: list[str] = []
-    recovered: list[str] = []
-    for agent_id, ok, _, _ in checks:
-        agent = await session.get(Agent, agent_id, with_for_update=True, populate_existing=True)
-        if agent is None:
-            continue
-        if ok:
-            if agent.status == "unhealthy":
-                agent.status = "active"
-                recovered.append(agent_id)
-            agent.health_failures = 0
-            agent.last_seen_at = func.now()
-        else:
-            agent.health_failures += 1
-            if agent.health_failures >= UNHEALTHY_AFTER and agent.status in {"active", "draining"}:
-                agent.status = "unhealthy"
-                became_unhealthy.append(agent_id)
-    outcome = lifecycle.Outcome()
-    if became_unhealthy:
-        outcome = await recovery.requeue_open_assignments(
-            session, agent_ids=became_unhealthy, reason="agent unhealthy"
+    if prune:  # amortised: the history is trimmed back to 100 every few rounds
+        await session.execute(
+            text(
+                "DELETE FROM agent_health_checks h USING ("
+                " SELECT id, row_number() OVER (PARTITION BY agent_id ORDER BY id DESC) AS rn"
+                " FROM agent_health_checks WHERE agent_id = ANY(:ids)) old"
+                " WHERE h.id = old.id AND old.rn > :keep"
+            ),
+            {"ids": [agent_id for agent_id, *_ in checks], "keep": HEALTH_HISTORY},
         )
-    return became_unhealthy, recovered, outcome
+    passed = sorted(agent_id for agent_id, ok, *_ in checks if ok)
+    failed = sorted(agent_id for agent_id, ok, *_ in checks if not ok)
+    recovered = (
+        list(
+            await session.scalars(
+                text(
+                    "WITH prev AS (SELECT id, status FROM agents WHERE id = ANY(:ids) ORDER BY id FOR UPDATE)"
+                    " UPDATE agents a SET health_failures = 0, last_seen_at = now(),"
+                    " status = CASE WHEN prev.status = 'unhealthy' THEN 'active' ELSE prev.status END"
+                    " FROM prev WHERE a.id = prev.id"
+                    " RETURNING CASE WHEN prev.status = 'unhealthy' THEN a.id END"
+                ),
+                {"ids": passed},
+            )
+        )
+        if passed
+        else []
+    )
+    became_unhealthy = (
+        list(
+            await session.scalars(
+                text(
+                    "WITH prev AS (SELECT id, status, health_failures FROM agents WHERE id = ANY(:ids)"
+                    " ORDER BY id FOR UPDATE)"
+                    " UPDATE agents a SET health_failures = prev.health_failures + 1,"
+                    " status = CASE WHEN prev.health_failures + 1 >= :limit"
+                    " AND prev.status IN ('active', 'draining') THEN 'unhealthy' ELSE prev.status END"
+                    " FROM prev WHERE a.id = prev.id"
+                    " RETURNING CASE WHEN a.status = 'unhealthy' AND prev.status <> 'unhealthy' THEN a.id END"
+                ),
+                {"ids": failed, "limit": UNHEALTHY_AFTER},
+            )
+        )
+        if failed
+        else []
+    )
+    return [a for a in became_unhealthy if a], [a for a in recovered if a]
 
 
 async def open_assignment_counts(session: AsyncSession, agent_ids: Sequence[str]) -> dict[str, int]:

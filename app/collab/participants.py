@@ -36,7 +36,9 @@ class ParticipantError(ValueError):
         self.field = field
 
 
-def required_capabilities(strategy: str, request: Participants | None, task_capabilities: Sequence[str]) -> list[str]:
+def required_capabilities(
+    strategy: str, request: Participants | None, task_capabilities: Sequence[str]
+) -> list[str]:
     """What every participant must offer: the listed ones, plus the task's own unless steps name theirs."""
     listed = list(request.capabilities or []) if request is not None else []
     if strategy == "chain":

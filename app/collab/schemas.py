@@ -76,6 +76,9 @@ class SessionCreate(BaseModel):
     )
     params: dict[str, Any] = Field(default_factory=dict)
     budget: Budget | None = Field(default=None, description="Default: the per-session cost limit.")
+    timeout: Seconds | None = Field(
+        default=None, description="Default and upper bound: AGENT_COLLABORATION_TIMEOUT (30s, 5m or seconds)."
+    )
 
 
 class SubtaskOut(BaseModel):

@@ -84,7 +84,7 @@ class Fleet:
                 agent.open.discard(item.assignment_id)
                 if item.status == "succeeded":
                     agent.completed += 1
-                elif item.status == "failed" or (item.retried and item.duration_s > 0):
+                elif item.status == "failed" or (item.retried and item.executed):
                     agent.failed += 1
 
     def assignment_ended(self, agent_id: str, assignment_id: uuid.UUID) -> None:

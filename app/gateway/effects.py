@@ -29,7 +29,7 @@ class Effects:
                 metrics.tasks_finished.labels(item.task_type, item.status).inc()
             if item.retried:
                 metrics.task_retries.labels(item.task_type, reason).inc()
-            if model is not None and item.duration_s > 0:
+            if model is not None and item.executed:
                 metrics.task_execution_duration.labels(model, item.task_type).observe(item.duration_s)
             if model is not None and (item.input_tokens or item.output_tokens or item.cost):
                 metrics.tokens.labels(model, "input").inc(item.input_tokens)

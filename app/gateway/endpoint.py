@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -16,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.agents import service as agents
 from app.config import Settings
 from app.errors import AgentRejected, CloseCode, WsErrorCode
+from app.gateway.batcher import FrameBatcher
 from app.gateway.channel import AgentChannel, DatabaseUnavailable
 from app.gateway.connection import Connection
 from app.gateway.effects import Effects
@@ -72,13 +72,28 @@ async def _receive_text(websocket: WebSocket) -> str | None:
     return bytes(message.get("bytes") or b"").decode("utf-8", errors="replace")
 
 
-@dataclass
 class Gateway:
-    settings: Settings
-    sessionmaker: async_sessionmaker[AsyncSession]
-    hub: Hub
-    effects: Effects
-    key_cache: KeyCache
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        hub: Hub,
+        effects: Effects,
+        key_cache: KeyCache,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.hub = hub
+        self.effects = effects
+        self.key_cache = key_cache
+        self.batcher = FrameBatcher(settings=settings, sessionmaker=sessionmaker, effects=effects)
+
+    async def start(self) -> None:
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
 
     async def serve(self, websocket: WebSocket) -> None:
         token = bearer_token(websocket.headers.get("authorization")) or websocket.query_params.get("token")
@@ -164,7 +179,7 @@ class Gateway:
         effects.fleet.agent_joined(registered)
         effects.signals.work_available()
         channel = AgentChannel(
-            connection, settings=self.settings, sessionmaker=self.sessionmaker, effects=self.effects
+            connection, sessionmaker=self.sessionmaker, batcher=self.batcher, effects=self.effects
         )
         try:
             await self._read_loop(websocket, connection, channel)

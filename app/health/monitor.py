@@ -16,6 +16,7 @@ from app.gateway.connection import Connection
 from app.gateway.effects import Effects
 from app.gateway.hub import Hub
 from app.gateway.protocol import Ping
+from app.tasks import recovery
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class HealthMonitor:
         self.hub = hub
         self.effects = effects
         self._task: asyncio.Task[None] | None = None
+        self._rounds = 0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="health-monitor")
@@ -61,8 +63,9 @@ class HealthMonitor:
         if not connections:
             return
         checks = await asyncio.gather(*(self._check(c, timeout) for c in connections))
+        self._rounds += 1
         async with self.sessionmaker() as session:
-            unhealthy, recovered, outcome = await agents.record_health(session, checks)
+            unhealthy, recovered = await agents.record_health(session, checks, prune=self._rounds % 10 == 1)
             await session.commit()
         models = {c.agent_id: c.model for c in connections}
         for agent_id, ok, _, _ in checks:
@@ -74,7 +77,13 @@ class HealthMonitor:
         for agent_id in recovered:
             logger.info("agent healthy again", extra={"agent_id": agent_id})
             self.effects.fleet.agent_status(agent_id, "active")
-        self.effects.after_commit(outcome, reason="agent_unhealthy")
+        if unhealthy:
+            async with self.sessionmaker() as session:
+                outcome = await recovery.requeue_open_assignments(
+                    session, agent_ids=unhealthy, reason="agent unhealthy"
+                )
+                await session.commit()
+            self.effects.after_commit(outcome, reason="agent_unhealthy")
 
     async def _check(self, connection: Connection, wait: float) -> Check:
         nonce = secrets.token_hex(8)

@@ -1,6 +1,6 @@
 """Recovery: work held by agents or replicas that are gone, lapsed leases, tasks that waited too long.
 
-Each function works inside the caller's transaction and returns what happened (see lifecycle.Outcome).
+Each function works inside the caller's transaction and returns what happened (see app.tasks.work.Outcome).
 """
 
 from __future__ import annotations
@@ -8,24 +8,17 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Assignment, Task, TaskEvent
-from app.tasks.lifecycle import (
-    OPEN_ASSIGNMENT,
-    Finished,
-    Outcome,
-    back_to_queue,
-    current_task,
-    db_now,
-    event_row,
-    finish,
-)
+from app.db.models import Assignment, Task
+from app.tasks.lifecycle import OPEN_ASSIGNMENT, back_to_queue, finish
 from app.tasks.service import notify
 from app.tasks.states import TaskEvent as Ev
 from app.tasks.states import TaskStatus, transition
+from app.tasks.work import Finished, Outcome, Work
+
+BATCH = 500
 
 
 async def requeue_open_assignments(
@@ -40,22 +33,25 @@ async def requeue_open_assignments(
 
     The attempt stays charged; a task whose attempts are spent fails with ``agent_lost``.
     """
-    query = select(Assignment).where(Assignment.status.in_(OPEN_ASSIGNMENT))
+    query = select(Assignment.id).where(Assignment.status.in_(OPEN_ASSIGNMENT))
     if agent_ids is not None:
         query = query.where(Assignment.agent_id.in_(list(agent_ids)))
     if replica_id is not None:
         query = query.where(Assignment.replica_id == replica_id)
     if assignment_ids is not None:
         query = query.where(Assignment.id.in_(list(assignment_ids)))
-    assignments = list(await session.scalars(query.with_for_update(skip_locked=False)))
+    ids = list(await session.scalars(query))
     outcome = Outcome()
-    if not assignments:
+    if not ids:
         return outcome
-    now = await db_now(session)
-    events = []
-    for assignment in assignments:
-        assignment.status, assignment.finished_at, assignment.reason = "lost", now, reason
-        task = await current_task(session, assignment)
+    work = await Work.begin(session)
+    await work.lock(ids)
+    for assignment_id in ids:
+        assignment = work.assignments.get(assignment_id)
+        if assignment is None or assignment.status not in OPEN_ASSIGNMENT:
+            continue  # finished while we were looking
+        assignment.status, assignment.finished_at, assignment.reason = "lost", work.now, reason
+        task = work.current_task(assignment)
         if task is None:
             outcome.finished.append(
                 Finished(assignment.task_id, "", assignment.agent_id, "superseded", assignment.id)
@@ -64,59 +60,56 @@ async def requeue_open_assignments(
         previous = task.status
         if task.attempt < task.max_attempts:
             task.status = transition(previous, Ev.RETRY).value
-            back_to_queue(task, now, 0.0)
+            back_to_queue(task, work.now, 0.0)
+            work.wake = True
         else:
             task.status = transition(previous, Ev.FAIL).value
             task.error = {"code": "agent_lost", "message": f"{reason}; no attempts left"}
-            finish(task, now)
-        events.append(event_row(task, previous, reason, {"agent_id": assignment.agent_id}))
+            finish(task, work.now)
+        work.event(task, previous, reason, {"agent_id": assignment.agent_id})
+        retried = task.status == TaskStatus.PENDING
         outcome.finished.append(
-            Finished(
-                task.id,
-                task.type,
-                assignment.agent_id,
-                task.status,
-                assignment.id,
-                retried=task.status == TaskStatus.PENDING,
-            )
+            Finished(task.id, task.type, assignment.agent_id, task.status, assignment.id, retried=retried)
         )
-    if events:
-        await session.execute(insert(TaskEvent), events)
-        await notify(session, {"k": "work"})
+    await work.flush()
     return outcome
 
 
-async def reap(session: AsyncSession, *, limit: int = 500) -> Outcome:
+async def reap(session: AsyncSession, *, limit: int = BATCH) -> Outcome:
     """Lapsed leases go back to the queue (timed_out once attempts are spent); overdue tasks time out."""
-    now = await db_now(session)
+    work = await Work.begin(session)
+    now = work.now
     outcome = Outcome()
-    events = []
-    lapsed = await session.scalars(
-        select(Task)
-        .where(Task.status.in_(OPEN_ASSIGNMENT), Task.lease_expires_at < now)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+    lapsed = list(
+        await session.scalars(
+            select(Task)
+            .where(Task.status.in_(OPEN_ASSIGNMENT), Task.lease_expires_at < now)
+            .order_by(Task.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
     )
     for task in lapsed:
+        work.tasks[task.id] = task
+    await work.lock([task.assignment_id for task in lapsed if task.assignment_id is not None])
+    for task in lapsed:
         previous, agent_id, assignment_id = task.status, task.agent_id or "", task.assignment_id
-        if task.assignment_id is not None:
-            await session.execute(
-                update(Assignment)
-                .where(Assignment.id == task.assignment_id, Assignment.status.in_(OPEN_ASSIGNMENT))
-                .values(status="timed_out", finished_at=now, reason="lease lapsed")
-            )
+        assignment = work.assignments.get(assignment_id) if assignment_id else None
+        if assignment is not None and assignment.status in OPEN_ASSIGNMENT:
+            assignment.status, assignment.finished_at, assignment.reason = "timed_out", now, "lease lapsed"
             await notify(
                 session,
                 {
                     "k": "cancel",
                     "agent": agent_id,
-                    "assignment": str(task.assignment_id),
+                    "assignment": str(assignment_id),
                     "reason": "lease lapsed",
                 },
             )
         if task.attempt < task.max_attempts:
             task.status = transition(previous, Ev.RETRY).value
             back_to_queue(task, now, 0.0)
+            work.wake = True
         else:
             task.status = transition(previous, Ev.TIME_OUT).value
             task.error = {
@@ -124,15 +117,15 @@ async def reap(session: AsyncSession, *, limit: int = 500) -> Outcome:
                 "message": f"no result within {task.timeout:g}s on the last attempt",
             }
             finish(task, now)
-        events.append(event_row(task, previous, "lease lapsed", {"agent_id": agent_id}))
+        work.event(task, previous, "lease lapsed", {"agent_id": agent_id})
+        retried = task.status == TaskStatus.PENDING
         outcome.finished.append(
-            Finished(
-                task.id, task.type, agent_id, task.status, assignment_id, retried=task.status == "pending"
-            )
+            Finished(task.id, task.type, agent_id, task.status, assignment_id, retried=retried)
         )
     overdue = await session.scalars(
         select(Task)
         .where(Task.status == TaskStatus.PENDING.value, Task.expires_at < now)
+        .order_by(Task.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
@@ -144,8 +137,7 @@ async def reap(session: AsyncSession, *, limit: int = 500) -> Outcome:
             "message": f"no capable agent took it within {task.queue_timeout:g}s",
         }
         finish(task, now)
-        events.append(event_row(task, previous, "queue timeout"))
+        work.event(task, previous, "queue timeout")
         outcome.finished.append(Finished(task.id, task.type, "", task.status))
-    if events:
-        await session.execute(insert(TaskEvent), events)
+    await work.flush()
     return outcome

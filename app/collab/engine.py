@@ -1,0 +1,257 @@
+"""One step of one session, inside the caller's transaction: the runner's unit of work, and create's first.
+
+`advance` reads the session's subtasks, feeds the finished ones to the strategy, and writes everything the
+step decided (state, round, cost, new subtasks, events, the outcome) to the session the caller has locked.
+Because all of that commits together, and subtasks are inserted idempotently by (session_id, session_key), a
+crash at any point leaves either the whole step or none of it, and the next step redoes exactly what is
+missing. What must follow the commit (metrics, wake-ups) is returned in `Advanced`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.collab.strategies import FinishedSubtask, SessionSpec, SubtaskSpec, get_strategy
+from app.config import Settings
+from app.db.models import CollabSession, SessionEvent, Task
+from app.errors import AppError, InvalidInput
+from app.metrics import Metrics
+from app.signals import Signals
+from app.tasks.lifecycle import db_now
+from app.tasks.schemas import TaskCreate
+from app.tasks.service import cancel_open_task, insert_tasks
+from app.tasks.states import OPEN, TERMINAL
+
+RUNNING = "running"
+FINISHED_EVENT = "finished"
+
+
+@dataclass
+class Advanced:
+    """What a committed step means for this process: metrics to count, waiters to wake."""
+
+    strategy: str
+    changed: bool = False
+    submitted: int = 0
+    cancelled: list[uuid.UUID] = field(default_factory=list)
+    finished_status: str | None = None
+
+    def after_commit(self, signals: Signals, metrics: Metrics) -> None:
+        if self.submitted:
+            signals.work_available()
+        for task_id in self.cancelled:
+            signals.task_changed(task_id)
+        if self.cancelled:
+            signals.work_available()  # the cancelled subtasks' agents have free slots again
+        if self.finished_status is not None:
+            metrics.sessions_finished.labels(self.strategy, self.finished_status).inc()
+
+
+def session_spec(row: CollabSession) -> SessionSpec:
+    stored = row.spec
+    task = stored["task"]
+    return SessionSpec(
+        strategy=row.strategy,
+        task_type=task["type"],
+        capabilities=tuple(task["capabilities"]),
+        payload=task["payload"],
+        params=stored["params"],
+        participants=tuple(stored["participants"]),
+        consensus_threshold=stored["consensus_threshold"],
+        consensus_max_rounds=stored["consensus_max_rounds"],
+        max_parallel=stored["max_parallel"],
+    )
+
+
+async def subtasks(session: AsyncSession, session_id: uuid.UUID) -> list[Task]:
+    query = select(Task).where(Task.session_id == session_id).order_by(Task.created_at, Task.session_key)
+    return list(await session.scalars(query.execution_options(populate_existing=True)))
+
+
+def _event(row: CollabSession, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"session_id": row.id, "kind": kind, "data": data}
+
+
+async def _reported(session: AsyncSession, session_id: uuid.UUID) -> set[str]:
+    """Keys of subtasks whose end is already in the session's trail (and so already fed to a step)."""
+    rows = await session.scalars(
+        select(SessionEvent.data["key"].astext).where(
+            SessionEvent.session_id == session_id, SessionEvent.kind == "subtask_finished"
+        )
+    )
+    return {key for key in rows if key is not None}
+
+
+async def advance(
+    session: AsyncSession, settings: Settings, row: CollabSession, *, now: datetime, strict: bool = False
+) -> Advanced:
+    """Take the next step of ``row`` (locked by the caller, status running). ``strict`` raises a subtask
+    that cannot be submitted as InvalidInput (for create, so the client hears it as a 422) instead of
+    failing the session."""
+    advanced = Advanced(strategy=row.strategy)
+    tasks = await subtasks(session, row.id)
+    reported = await _reported(session, row.id)
+    fresh = [t for t in tasks if t.status in TERMINAL and t.session_key not in reported]
+    events = [_finished_event(row, task) for task in fresh]
+    cost = sum(task.cost for task in tasks)
+    changed = bool(fresh) or not row.state or cost != row.cost
+    row.cost = cost
+    if now >= row.deadline:
+        timeout = row.spec.get("timeout")
+        message = f"the session ran longer than its timeout ({timeout:g}s)" if timeout else "timed out"
+        await _add_events(session, events)
+        await end(session, row, advanced, status="failed", error={"code": "timed_out", "message": message})
+        return advanced
+    if not changed:
+        return advanced
+    advanced.changed = True
+    finished = [_finished(task) for task in tasks if task.status in TERMINAL]
+    try:
+        decision = get_strategy(row.strategy).step(session_spec(row), row.state, finished)
+    except Exception as exc:  # pure and deterministic: retrying the same step would fail the same way
+        await _add_events(session, events)
+        error: dict[str, Any] = {"code": "strategy_error", "message": f"{type(exc).__name__}: {exc}"}
+        await end(session, row, advanced, status="failed", error=error)
+        return advanced
+    row.state = decision.state
+    if decision.round != row.round:
+        events.append(_event(row, "round", {"round": decision.round, "previous": row.round}))
+        row.round = decision.round
+    await _add_events(session, events)
+    budget = row.budget
+    if decision.done:
+        assert decision.status is not None
+        await end(
+            session, row, advanced, status=decision.status, result=decision.result, error=decision.error
+        )
+    elif budget is not None and cost >= budget:
+        # A session that has just finished keeps its answer (the money is spent); only new spending stops.
+        message = f"reported cost {cost:.6f} reached the budget {budget:.6f}"
+        error = {"code": "budget_exceeded", "message": message, "cost": cost, "budget": budget}
+        await end(session, row, advanced, status="failed", error=error)
+    elif decision.submit:
+        await _submit(session, settings, row, decision.submit, advanced, strict=strict)
+    row.updated_at = now
+    row.version += 1
+    return advanced
+
+
+async def _submit(
+    session: AsyncSession,
+    settings: Settings,
+    row: CollabSession,
+    specs: Sequence[SubtaskSpec],
+    advanced: Advanced,
+    *,
+    strict: bool,
+) -> None:
+    task = row.spec["task"]
+    try:
+        creates = [
+            TaskCreate(
+                type=spec.type,
+                capabilities=list(spec.capabilities),
+                payload=spec.payload,
+                agent_ids=list(spec.agent_ids) if spec.agent_ids else None,
+                priority=task["priority"],
+                timeout=task["timeout"],
+                max_attempts=task["max_attempts"],
+            )
+            for spec in specs
+        ]
+        created = await insert_tasks(
+            session, settings, creates, session_id=row.id, session_keys=[spec.key for spec in specs]
+        )
+    except (ValidationError, AppError) as exc:
+        message = exc.detail if isinstance(exc, AppError) else _first_error(exc)
+        if strict:
+            detail = f"a subtask cannot be submitted: {message}"
+            raise InvalidInput(
+                detail, errors=[{"field": "task", "message": detail, "type": "value_error"}]
+            ) from None
+        error = {"code": "submit_failed", "message": f"a subtask cannot be submitted: {message}"}
+        await end(session, row, advanced, status="failed", error=error)
+        return
+    rows = [
+        _event(
+            row, "subtask_submitted", {"key": spec.key, "task_id": str(task.id), "agent_ids": task.agent_ids}
+        )
+        for spec, (task, new) in zip(specs, created, strict=True)
+        if new
+    ]
+    await _add_events(session, rows)
+    advanced.submitted = len(rows)
+
+
+async def end(
+    session: AsyncSession,
+    row: CollabSession,
+    advanced: Advanced,
+    *,
+    status: str,
+    result: Any = None,
+    error: dict[str, Any] | None = None,
+) -> None:
+    """Finish ``row`` (locked, running): the outcome, its event, and every still-open subtask cancelled."""
+    reason = f"session {status}" + (f": {error['code']}" if error else "")
+    open_tasks = await session.scalars(
+        select(Task)
+        .where(Task.session_id == row.id, Task.status.in_([open_status.value for open_status in OPEN]))
+        .order_by(Task.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    for task in open_tasks:
+        await cancel_open_task(session, task, reason=reason)
+        advanced.cancelled.append(task.id)
+    row.status = status
+    row.result = result
+    row.error = error
+    row.finished_at = row.updated_at = await db_now(session)
+    row.version += 1
+    data = {"status": status, "result": result, "error": error, "cost": row.cost, "round": row.round}
+    await _add_events(session, [_event(row, FINISHED_EVENT, data)])
+    advanced.changed = True
+    advanced.finished_status = status
+
+
+async def _add_events(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(SessionEvent), rows)
+
+
+def _finished(task: Task) -> FinishedSubtask:
+    assert task.session_key is not None
+    return FinishedSubtask(
+        key=task.session_key,
+        status=task.status,
+        output=task.result,
+        error=task.error,
+        agent_id=task.agent_id,
+    )
+
+
+def _finished_event(row: CollabSession, task: Task) -> dict[str, Any]:
+    data = {
+        "key": task.session_key,
+        "task_id": str(task.id),
+        "status": task.status,
+        "agent_id": task.agent_id,
+        "cost": task.cost,
+        "error": task.error,
+    }
+    return _event(row, "subtask_finished", data)
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    return f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from sse_starlette.sse import EventSourceResponse
+
+from app.collab import service, watch
+from app.collab.schemas import SessionCreate, SessionList, SessionOut, SessionStatusName, StrategyName
+from app.deps import ClientDep, MakerDep, MetricsDep, SessionDep, SettingsDep, SignalsDep
+from app.errors import InvalidInput
+
+router = APIRouter(prefix="/sessions", tags=["sessions"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionOut)
+async def create_session(
+    body: SessionCreate,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    signals: SignalsDep,
+    metrics: MetricsDep,
+    _: ClientDep,
+) -> SessionOut:
+    created = await service.create_session(session, settings, body, signals=signals, metrics=metrics)
+    response.headers["Location"] = f"/api/v1/sessions/{created.id}"
+    return created
+
+
+@router.get("", response_model=SessionList)
+async def list_sessions(
+    session: SessionDep,
+    _: ClientDep,
+    status: SessionStatusName | None = None,
+    strategy: StrategyName | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> SessionList:
+    rows, next_cursor = await service.list_sessions(
+        session, status=status, strategy=strategy, cursor=cursor, limit=limit
+    )
+    return SessionList(items=[service.to_out(row) for row in rows], next_cursor=next_cursor)
+
+
+@router.get("/{session_id}", response_model=SessionOut)
+async def get_session(
+    session_id: uuid.UUID,
+    maker: MakerDep,
+    _: ClientDep,
+    wait: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for the session to end.")] = 0,
+) -> SessionOut:
+    return await watch.wait_for_end(maker, session_id, wait)
+
+
+@router.post("/{session_id}/cancel", response_model=SessionOut)
+async def cancel_session(
+    session_id: uuid.UUID, session: SessionDep, signals: SignalsDep, metrics: MetricsDep, _: ClientDep
+) -> SessionOut:
+    return await service.cancel_session(session, session_id, signals=signals, metrics=metrics)
+
+
+@router.get("/{session_id}/events")
+async def session_events(
+    session_id: uuid.UUID,
+    request: Request,
+    maker: MakerDep,
+    _: ClientDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    after = last_event_id or request.query_params.get("after") or "0"
+    if not after.isdigit():
+        raise InvalidInput(
+            "Last-Event-ID must be an event id this stream sent",
+            errors=[{"field": "header.last-event-id", "message": "not an event id", "type": "value_error"}],
+        )
+    await watch.ensure_exists(maker, session_id)  # a 404 must come before the stream starts
+    return EventSourceResponse(watch.event_stream(maker, session_id, int(after)), ping=15)

@@ -1,0 +1,168 @@
+"""A unit of work over tasks and assignments: rows locked in one order, writes batched until flush.
+
+Lock order is always tasks, then assignments, then agents, each sorted by id, in every transaction that
+touches them (results, requeues, cancels, the reaper), so concurrent transactions never deadlock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import Agent, Assignment, Task, TaskEvent
+from app.tasks.service import notify
+
+
+@dataclass
+class Finished:
+    """A task that left an agent: for metrics, waiters and the dispatcher's capacity count."""
+
+    task_id: uuid.UUID
+    task_type: str
+    agent_id: str
+    status: str  # the task's new status (pending when it went back to the queue; superseded: ignored)
+    assignment_id: uuid.UUID | None = None
+    duration_s: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    retried: bool = False
+    rejected: bool = False
+    executed: bool = False  # the agent ran it and reported back (counts toward execution time)
+
+
+@dataclass
+class Outcome:
+    ack: bool = False  # acknowledge the agent's frame (its result is durable)
+    error: str | None = None  # an `error` frame's message (unknown_assignment)
+    finished: list[Finished] = field(default_factory=list)
+
+    def merge(self, other: Outcome) -> Outcome:
+        self.finished.extend(other.finished)
+        return self
+
+
+@dataclass
+class AgentTally:
+    completed: int = 0
+    failed: int = 0
+    latency_ms: float = 0.0
+    tokens: int = 0
+    cost: float = 0.0
+
+
+async def db_now(session: AsyncSession) -> datetime:
+    """The transaction's timestamp: every replica measures leases by the database's clock."""
+    now: datetime | None = await session.scalar(select(func.now()))
+    assert now is not None
+    return now
+
+
+class Work:
+    def __init__(self, session: AsyncSession, now: datetime) -> None:
+        self.session = session
+        self.now = now
+        self.tasks: dict[uuid.UUID, Task] = {}
+        self.assignments: dict[uuid.UUID, Assignment] = {}
+        self.events: list[dict[str, Any]] = []
+        self.tallies: dict[str, AgentTally] = {}
+        self.wake = False
+
+    @classmethod
+    async def begin(cls, session: AsyncSession) -> Work:
+        return cls(session, await db_now(session))
+
+    async def lock(self, assignment_ids: Iterable[uuid.UUID]) -> None:
+        """Lock the assignments and their tasks (tasks first) for the rest of the transaction."""
+        ids = sorted(set(assignment_ids) - set(self.assignments))
+        if not ids:
+            return
+        task_ids = sorted(
+            set(await self.session.scalars(select(Assignment.task_id).where(Assignment.id.in_(ids))))
+        )
+        if task_ids:
+            locked = await self.session.scalars(
+                select(Task)
+                .where(Task.id.in_(task_ids))
+                .order_by(Task.id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+            self.tasks.update({task.id: task for task in locked})
+        rows = await self.session.scalars(
+            select(Assignment)
+            .where(Assignment.id.in_(ids))
+            .order_by(Assignment.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        self.assignments.update({row.id: row for row in rows})
+
+    def owned(self, agent_id: str, assignment_id: uuid.UUID) -> Assignment | None:
+        """The agent's own assignment, locked; None for an unknown id or another agent's (agents cannot act
+        on each other's work)."""
+        assignment = self.assignments.get(assignment_id)
+        return assignment if assignment is not None and assignment.agent_id == agent_id else None
+
+    def current_task(self, assignment: Assignment) -> Task | None:
+        """The task, if this assignment is still the one that holds it (the fence)."""
+        task = self.tasks.get(assignment.task_id)
+        if task is None or task.assignment_id != assignment.id or task.status not in ("assigned", "running"):
+            return None
+        return task
+
+    def event(self, task: Task, previous: str, reason: str, data: dict[str, Any] | None = None) -> None:
+        self.events.append(
+            {
+                "task_id": task.id,
+                "kind": "transition",
+                "from_status": previous,
+                "to_status": task.status,
+                "reason": reason,
+                "data": data,
+            }
+        )
+
+    def progress_event(self, task_id: uuid.UUID, data: dict[str, Any]) -> None:
+        self.events.append({"task_id": task_id, "kind": "progress", "data": data})
+
+    def tally(self, agent_id: str, *, succeeded: bool, latency_ms: float, tokens: int, cost: float) -> None:
+        tally = self.tallies.setdefault(agent_id, AgentTally())
+        tally.completed += succeeded
+        tally.failed += not succeeded
+        tally.latency_ms += latency_ms
+        tally.tokens += tokens
+        tally.cost += cost
+
+    async def flush(self) -> None:
+        session = self.session
+        await session.flush()
+        if self.events:
+            await session.execute(insert(TaskEvent), self.events)
+            self.events = []
+        for agent_id in sorted(self.tallies):
+            tally = self.tallies[agent_id]
+            done = Agent.tasks_completed + Agent.tasks_failed
+            count = tally.completed + tally.failed
+            await session.execute(
+                update(Agent)
+                .where(Agent.id == agent_id)
+                .values(
+                    tasks_completed=Agent.tasks_completed + tally.completed,
+                    tasks_failed=Agent.tasks_failed + tally.failed,
+                    avg_latency_ms=(Agent.avg_latency_ms * done + tally.latency_ms) / (done + count),
+                    tokens_processed=Agent.tokens_processed + tally.tokens,
+                    cost_incurred=Agent.cost_incurred + tally.cost,
+                )
+            )
+        self.tallies = {}
+        if self.wake:
+            await notify(session, {"k": "work"})
+            self.wake = False
