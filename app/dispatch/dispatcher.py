@@ -99,7 +99,13 @@ class Dispatcher:
         spare = sum(c.max_concurrency - c.active for c in candidates)
         offered = sorted(set().union(*(c.capabilities for c in candidates)))
         async with self.sessionmaker() as session:
-            tasks = await lifecycle.claim_pending(session, capabilities=offered, limit=min(spare, MAX_BATCH))
+            tasks = await lifecycle.claim_pending(
+                session,
+                capabilities=offered,
+                models=sorted({c.model for c in candidates}),
+                agent_ids=[c.agent_id for c in candidates],
+                limit=min(spare, MAX_BATCH),
+            )
             if not tasks:
                 return 0
             plans = self._route(tasks, {c.agent_id: c for c in candidates})

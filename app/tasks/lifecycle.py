@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,14 +34,25 @@ class RetryPolicy:
     backoff_max: float
 
 
-async def claim_pending(session: AsyncSession, *, capabilities: Sequence[str], limit: int) -> list[Task]:
-    """Lock up to ``limit`` due pending tasks whose every capability is offered here, best first."""
+async def claim_pending(
+    session: AsyncSession,
+    *,
+    capabilities: Sequence[str],
+    models: Sequence[str],
+    agent_ids: Sequence[str],
+    limit: int,
+) -> list[Task]:
+    """Lock up to ``limit`` due pending tasks, best first, that the agents here could take: every capability
+    offered, a model present, a permitted agent present. (Filtering here, not after, keeps tasks that only
+    other replicas can serve from crowding out the ones this replica can.)"""
     query = (
         select(Task)
         .where(
             Task.status == TaskStatus.PENDING.value,
             Task.available_at <= func.now(),
             Task.required_capabilities.contained_by(list(capabilities)),
+            or_(Task.model.is_(None), Task.model.in_(list(models))),
+            or_(Task.agent_ids.is_(None), Task.agent_ids.overlap(list(agent_ids))),
         )
         .order_by(Task.priority.desc(), Task.available_at)
         .limit(limit)
