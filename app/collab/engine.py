@@ -56,11 +56,11 @@ class Advanced:
             metrics.sessions_finished.labels(self.strategy, self.finished_status).inc()
 
 
-def session_spec(row: CollabSession) -> SessionSpec:
-    stored = row.spec
+def session_spec(strategy: str, stored: dict[str, Any]) -> SessionSpec:
+    """What the strategy sees of a session, from the spec as stored in collab_sessions.spec."""
     task = stored["task"]
     return SessionSpec(
-        strategy=row.strategy,
+        strategy=strategy,
         task_type=task["type"],
         capabilities=tuple(task["capabilities"]),
         payload=task["payload"],
@@ -116,7 +116,7 @@ async def advance(
     advanced.changed = True
     finished = [_finished(task) for task in tasks if task.status in TERMINAL]
     try:
-        decision = get_strategy(row.strategy).step(session_spec(row), row.state, finished)
+        decision = get_strategy(row.strategy).step(session_spec(row.strategy, row.spec), row.state, finished)
     except Exception as exc:  # pure and deterministic: retrying the same step would fail the same way
         await _add_events(session, events)
         error: dict[str, Any] = {"code": "strategy_error", "message": f"{type(exc).__name__}: {exc}"}

@@ -124,41 +124,47 @@ async def create_session(
     if body.timeout is not None and body.timeout > settings.collaboration_timeout:
         limit = settings.collaboration_timeout
         raise _invalid(f"timeout may be at most {limit:g}s (AGENT_COLLABORATION_TIMEOUT)", "timeout")
-    required = required_capabilities(body.strategy, body.participants, body.task.capabilities)
-    agents = await _agents(session, body, required)
+    request = body.participants
     try:
+        # The params first, so a bad spec is named before any shortfall of agents; until participants are
+        # resolved, a stand-in lets consensus see that some were asked for.
+        asked = tuple(request.agent_ids or ["*"]) if request is not None else ()
+        get_strategy(body.strategy).validate(
+            engine.session_spec(body.strategy, _stored_spec(body, settings, asked))
+        )
+        _check_names(body.params)
+        required = required_capabilities(body.strategy, request, body.task.capabilities)
+        agents = await _agents(session, body, required)
         participants = resolve(
             strategy=body.strategy,
-            request=body.participants,
+            request=request,
             task_capabilities=body.task.capabilities,
             agents=agents,
             policy=_policy(settings),
             estimated_tokens=settings.default_estimated_tokens,
         )
-        stored = _stored_spec(body, settings, participants)
-        # Every column set here: a server default would leave the attribute expired, and reading an
-        # expired attribute under asyncio raises instead of loading.
-        row = CollabSession(
-            id=uuid.uuid4(),
-            strategy=body.strategy,
-            spec=stored,
-            state={},
-            status=engine.RUNNING,
-            round=0,
-            cost=0.0,
-            result=None,
-            error=None,
-            finished_at=None,
-            version=1,
-        )
-        get_strategy(body.strategy).validate(engine.session_spec(row))
-        _check_names(body.params)
         if body.strategy == "chain":
             check_steps(body.params, participants, agents)
     except ParticipantError as exc:
         raise _invalid(str(exc), exc.field, "participants") from None
     except SpecError as exc:
         raise _invalid(str(exc), spec_error_field(str(exc)), "spec_error") from None
+    stored = _stored_spec(body, settings, participants)
+    # Every column set here: a server default would leave the attribute expired, and reading an expired
+    # attribute under asyncio raises instead of loading.
+    row = CollabSession(
+        id=uuid.uuid4(),
+        strategy=body.strategy,
+        spec=stored,
+        state={},
+        status=engine.RUNNING,
+        round=0,
+        cost=0.0,
+        result=None,
+        error=None,
+        finished_at=None,
+        version=1,
+    )
     now = await db_now(session)
     budget = body.budget.max_cost if body.budget else settings.cost_limit_per_session
     row.budget, row.deadline = budget, now + timedelta(seconds=stored["timeout"])

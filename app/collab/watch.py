@@ -25,10 +25,10 @@ async def wait_for_end(
     deadline = loop.time() + wait
     while True:
         async with maker() as session:
-            view = await service.session_view(session, session_id)
-        remaining = deadline - loop.time()
-        if view.status != engine.RUNNING or remaining <= 0:
-            return view
+            row = await service.get_session(session, session_id)  # the row alone: subtasks only at the end
+            remaining = deadline - loop.time()
+            if row.status != engine.RUNNING or remaining <= 0:
+                return await service.session_view(session, session_id)
         await asyncio.sleep(min(POLL, remaining))
 
 
