@@ -9,7 +9,7 @@ from sse_starlette.sse import EventSourceResponse
 from app.collab import service, watch
 from app.collab.schemas import SessionCreate, SessionList, SessionOut, SessionStatusName, StrategyName
 from app.deps import ClientDep, MakerDep, MetricsDep, SessionDep, SettingsDep, SignalsDep
-from app.errors import InvalidInput
+from app.sse import resume_after
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 
@@ -69,11 +69,6 @@ async def session_events(
     _: ClientDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
-    after = last_event_id or request.query_params.get("after") or "0"
-    if not after.isdigit():
-        raise InvalidInput(
-            "Last-Event-ID must be an event id this stream sent",
-            errors=[{"field": "header.last-event-id", "message": "not an event id", "type": "value_error"}],
-        )
+    after = resume_after(request, last_event_id)
     await watch.ensure_exists(maker, session_id)  # a 404 must come before the stream starts
-    return EventSourceResponse(watch.event_stream(maker, session_id, int(after)), ping=15)
+    return EventSourceResponse(watch.event_stream(maker, session_id, after), ping=15)

@@ -15,6 +15,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.background import BackgroundService
 from app.collab import engine
 from app.config import Settings
 from app.db.models import CollabSession
@@ -31,7 +32,9 @@ MIN_ROUND_INTERVAL = 0.02
 BATCH = 500
 
 
-class SessionRunner:
+class SessionRunner(BackgroundService):
+    name = "session-runner"
+
     def __init__(
         self,
         *,
@@ -40,22 +43,13 @@ class SessionRunner:
         signals: Signals,
         metrics: Metrics,
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.signals = signals
         self.metrics = metrics
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="session-runner")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
         wake = self.signals.sessions
         while True:
             # Cleared before the round, so a task that ends during the round wakes the next one.

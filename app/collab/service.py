@@ -20,8 +20,7 @@ from app.config import Settings
 from app.db.models import Agent, AgentCapability, CollabSession, SessionEvent, Task
 from app.errors import Conflict, InvalidInput, SessionNotFound
 from app.metrics import Metrics
-from app.routing.scoring import Price, Weights
-from app.routing.strategies import RoutingPolicy
+from app.routing.policy import policy_from_settings
 from app.signals import Signals
 from app.tasks.lifecycle import db_now
 from app.tasks.schemas import NAME_PATTERN
@@ -55,16 +54,6 @@ def _check_names(params: dict[str, Any]) -> None:
     for field, value in named:
         if isinstance(value, str) and not _NAME.match(value):
             raise _invalid(f"{field} {value!r} is not a valid name ({NAME_PATTERN})", field)
-
-
-def _policy(settings: Settings) -> RoutingPolicy:
-    return RoutingPolicy(
-        strategy=settings.routing_strategy,
-        weights=Weights(**settings.routing_weights),
-        allowed_models=frozenset(settings.allowed_models),
-        cost_limit_per_task=settings.cost_limit_per_task,
-        prices={m: Price(p["input_per_1k"], p["output_per_1k"]) for m, p in settings.model_prices.items()},
-    )
 
 
 async def _agents(session: AsyncSession, body: SessionCreate, required: Sequence[str]) -> list[AgentView]:
@@ -140,7 +129,7 @@ async def create_session(
             request=request,
             task_capabilities=body.task.capabilities,
             agents=agents,
-            policy=_policy(settings),
+            policy=policy_from_settings(settings),
             estimated_tokens=settings.default_estimated_tokens,
         )
         if body.strategy == "chain":

@@ -10,14 +10,15 @@ from dataclasses import replace
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.background import BackgroundService
 from app.config import Settings
 from app.db.models import Assignment, Task
 from app.dispatch.fleet import Fleet
 from app.gateway.effects import Effects
 from app.gateway.hub import Hub
 from app.gateway.protocol import Assign
-from app.routing.scoring import Price, Weights
-from app.routing.strategies import Candidate, RoutingPolicy, TaskRequirements, pick
+from app.routing.policy import policy_from_settings
+from app.routing.strategies import Candidate, TaskRequirements, pick
 from app.tasks import lifecycle, recovery
 
 logger = logging.getLogger(__name__)
@@ -26,17 +27,9 @@ MAX_BATCH = 256
 SLOW_TIMER = 1.0  # seconds: look even when nothing woke us (backoffs ending, missed notifications)
 
 
-def routing_policy(settings: Settings) -> RoutingPolicy:
-    return RoutingPolicy(
-        strategy=settings.routing_strategy,
-        weights=Weights(**settings.routing_weights),
-        allowed_models=frozenset(settings.allowed_models),
-        cost_limit_per_task=settings.cost_limit_per_task,
-        prices={m: Price(p["input_per_1k"], p["output_per_1k"]) for m, p in settings.model_prices.items()},
-    )
+class Dispatcher(BackgroundService):
+    name = "dispatcher"
 
-
-class Dispatcher:
     def __init__(
         self,
         *,
@@ -46,27 +39,21 @@ class Dispatcher:
         fleet: Fleet,
         effects: Effects,
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.hub = hub
         self.fleet = fleet
         self.effects = effects
-        self.policy = routing_policy(settings)
+        self.policy = policy_from_settings(settings)
         self.last_agent_id: str | None = None
-        self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="dispatcher")
-
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().stop()
         await asyncio.gather(*self._background, return_exceptions=True)
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
         work = self.effects.signals.work
         while True:
             with contextlib.suppress(TimeoutError):

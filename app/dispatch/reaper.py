@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import timedelta
 
@@ -11,6 +10,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.agents import service as agents
+from app.background import BackgroundService
 from app.config import Settings
 from app.db.models import Agent, Replica
 from app.gateway.effects import Effects
@@ -19,25 +19,18 @@ from app.tasks import recovery
 logger = logging.getLogger(__name__)
 
 
-class Reaper:
+class Reaper(BackgroundService):
+    name = "reaper"
+
     def __init__(
         self, *, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], effects: Effects
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.effects = effects
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="reaper")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
         loop = asyncio.get_running_loop()
         next_sweep = 0.0
         while True:

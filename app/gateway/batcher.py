@@ -24,6 +24,7 @@ from app.errors import WsErrorCode
 from app.gateway.connection import Connection
 from app.gateway.effects import Effects
 from app.gateway.protocol import Accept, Ack, ErrorFrame, Progress, Reject, Result
+from app.routing.policy import price_table
 from app.routing.scoring import Price
 from app.tasks import lifecycle
 from app.tasks.work import Outcome, Work
@@ -51,10 +52,7 @@ class FrameBatcher:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.effects = effects
-        self.prices: Mapping[str, Price] = {
-            model: Price(price["input_per_1k"], price["output_per_1k"])
-            for model, price in settings.model_prices.items()
-        }
+        self.prices: Mapping[str, Price] = price_table(settings)
         self.retry = lifecycle.RetryPolicy(settings.retry_backoff, settings.retry_backoff_max)
         self.queues: list[asyncio.Queue[Item]] = [asyncio.Queue(QUEUE_SIZE // SHARDS) for _ in range(SHARDS)]
         self._workers: list[asyncio.Task[None]] = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -11,6 +10,7 @@ import time
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.agents import service as agents
+from app.background import BackgroundService
 from app.config import Settings
 from app.gateway.connection import Connection
 from app.gateway.effects import Effects
@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 Check = tuple[str, bool, float | None, str | None]
 
 
-class HealthMonitor:
+class HealthMonitor(BackgroundService):
+    name = "health-monitor"
+
     def __init__(
         self,
         *,
@@ -32,23 +34,14 @@ class HealthMonitor:
         hub: Hub,
         effects: Effects,
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.hub = hub
         self.effects = effects
-        self._task: asyncio.Task[None] | None = None
         self._rounds = 0
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="health-monitor")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
         interval = self.settings.health_check_interval
         while True:
             await asyncio.sleep(interval)

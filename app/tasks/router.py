@@ -7,7 +7,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from sse_starlette.sse import EventSourceResponse
 
 from app.deps import ClientDep, MakerDep, SessionDep, SettingsDep, SignalsDep
-from app.errors import InvalidInput
+from app.sse import resume_after
 from app.tasks import service, watch
 from app.tasks.schemas import (
     AssignmentList,
@@ -85,14 +85,9 @@ async def task_events(
     _: ClientDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
-    after = last_event_id or request.query_params.get("after") or "0"
-    if not after.isdigit():
-        raise InvalidInput(
-            "Last-Event-ID must be an event id this stream sent",
-            errors=[{"field": "header.last-event-id", "message": "not an event id", "type": "value_error"}],
-        )
+    after = resume_after(request, last_event_id)
     await watch.ensure_task_exists(maker, task_id)  # a 404 must come before the stream starts
-    return EventSourceResponse(watch.event_stream(maker, signals, task_id, int(after)), ping=15)
+    return EventSourceResponse(watch.event_stream(maker, signals, task_id, after), ping=15)
 
 
 @router.post("/{task_id}/cancel", response_model=TaskOut)
