@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from dataclasses import replace
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -17,6 +18,7 @@ from app.dispatch.fleet import Fleet
 from app.gateway.effects import Effects
 from app.gateway.hub import Hub
 from app.gateway.protocol import Assign
+from app.routing.batch import route_batch
 from app.routing.policy import policy_from_settings
 from app.routing.strategies import Candidate, TaskRequirements, pick
 from app.tasks import lifecycle, recovery
@@ -95,32 +97,42 @@ class Dispatcher(BackgroundService):
             )
             if not tasks:
                 return 0
-            plans = self._route(tasks, {c.agent_id: c for c in candidates})
+            plans = self._route(tasks, candidates)
             leased = await lifecycle.lease(session, plans, replica_id=self.settings.replica_id)
             await session.commit()
         self._send(leased)
         return len(leased)
 
-    def _route(self, tasks: list[Task], snapshot: dict[str, Candidate]) -> list[tuple[Task, str, str]]:
-        plans: list[tuple[Task, str, str]] = []
-        for task in tasks:
-            candidates = list(snapshot.values())
-            refused = self.fleet.refused_recently(task.id)
-            if refused:
+    def _route(self, tasks: list[Task], candidates: list[Candidate]) -> list[tuple[Task, str, str]]:
+        """Route the batch in priority order; a task some agent just refused is routed last, without it."""
+        model = {c.agent_id: c.model for c in candidates}
+        refusals = {task.id: self.fleet.refused_recently(task.id) for task in tasks}
+        fresh = [task for task in tasks if not refusals[task.id]]
+        decisions, self.last_agent_id = route_batch(
+            [self._requirements(task) for task in fresh],
+            candidates,
+            self.policy,
+            last_agent_id=self.last_agent_id,
+        )
+        plans = [
+            (t, d.agent_id, model[d.agent_id]) for t, d in zip(fresh, decisions, strict=True) if d is not None
+        ]
+        refused = [task for task in tasks if refusals[task.id]]
+        if refused:
+            taken = Counter(agent_id for _, agent_id, _ in plans)
+            snapshot = {c.agent_id: replace(c, active=c.active + taken[c.agent_id]) for c in candidates}
+            for task in refused:
                 # A refusal holds for a cool-down; with nobody else to ask, the task waits rather than bounce.
-                candidates = [c for c in candidates if c.agent_id not in refused]
-            decision = pick(
-                self._requirements(task),
-                candidates,
-                self.policy,
-                last_agent_id=self.last_agent_id,
-            )
-            if decision is None:
-                continue  # no local agent fits; it stays pending for another replica or a later agent
-            chosen = snapshot[decision.agent_id]
-            snapshot[decision.agent_id] = replace(chosen, active=chosen.active + 1)
-            self.last_agent_id = decision.agent_id
-            plans.append((task, decision.agent_id, chosen.model))
+                others = [c for c in snapshot.values() if c.agent_id not in refusals[task.id]]
+                decision = pick(
+                    self._requirements(task), others, self.policy, last_agent_id=self.last_agent_id
+                )
+                if decision is None:
+                    continue
+                chosen = snapshot[decision.agent_id]
+                snapshot[decision.agent_id] = replace(chosen, active=chosen.active + 1)
+                self.last_agent_id = decision.agent_id
+                plans.append((task, decision.agent_id, chosen.model))
         return plans
 
     def _send(self, leased: list[tuple[Task, Assignment]]) -> None:

@@ -1,0 +1,88 @@
+"""route_batch() must decide exactly as repeated pick() calls do; random fleets and task mixes check it."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from app.routing.batch import route_batch
+from app.routing.scoring import Price, Weights
+from app.routing.strategies import Candidate, Decision, RoutingPolicy, TaskRequirements, pick
+
+CAPS = ["a", "b", "c", "d"]
+MODELS = ["gpt-4", "claude-3-opus", "local"]
+
+
+def sequential(
+    tasks: list[TaskRequirements], candidates: list[Candidate], policy: RoutingPolicy, last: str | None
+) -> tuple[list[Decision | None], str | None]:
+    fleet = {c.agent_id: c for c in candidates}
+    decisions: list[Decision | None] = []
+    for task in tasks:
+        decision = pick(task, list(fleet.values()), policy, last_agent_id=last)
+        if decision is not None:
+            chosen = fleet[decision.agent_id]
+            fleet[decision.agent_id] = replace(chosen, active=chosen.active + 1)
+            last = decision.agent_id
+        decisions.append(decision)
+    return decisions, last
+
+
+def random_fleet(rng: random.Random, size: int) -> list[Candidate]:
+    return [
+        Candidate(
+            agent_id=f"agent-{rng.randrange(1000):03d}-{index}",
+            model=rng.choice(MODELS),
+            capabilities=frozenset(rng.sample(CAPS, rng.randint(1, len(CAPS)))),
+            max_concurrency=rng.randint(1, 4),
+            active=rng.randint(0, 2),
+            success_rate=rng.choice([1.0, 0.5, 0.9, 0.75]),
+            status=rng.choice(["active"] * 6 + ["draining", "unhealthy"]),
+        )
+        for index in range(size)
+    ]
+
+
+def random_task(rng: random.Random, fleet: list[Candidate]) -> TaskRequirements:
+    return TaskRequirements(
+        required_capabilities=frozenset(rng.sample(CAPS, rng.randint(1, 2))),
+        model=rng.choice([None, None, *MODELS]),
+        max_cost=rng.choice([None, None, 0.05, 0.001]),
+        estimated_tokens=rng.choice([100, 1000, 3000]),
+        agent_ids=rng.choice(
+            [None, None, frozenset(c.agent_id for c in rng.sample(fleet, min(3, len(fleet))))]
+        ),
+        strategy=rng.choice([None, "capability_based", "round_robin", "least_loaded"]),
+    )
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_the_batch_decides_as_pick_does(seed: int) -> None:
+    rng = random.Random(seed)
+    fleet = random_fleet(rng, rng.randint(0, 25))
+    kinds = [random_task(rng, fleet) for _ in range(rng.randint(1, 5))]
+    tasks = [rng.choice(kinds) for _ in range(rng.randint(1, 60))]
+    policy = RoutingPolicy(
+        strategy=rng.choice(["capability_based", "round_robin", "least_loaded"]),
+        weights=rng.choice([Weights(), Weights(0.1, 0.1, 0.7, 0.1), Weights(0.25, 0.25, 0.25, 0.25)]),
+        allowed_models=rng.choice([frozenset(), frozenset({"gpt-4", "local"})]),
+        cost_limit_per_task=rng.choice([None, 0.1]),
+        prices={"gpt-4": Price(0.03, 0.06), "claude-3-opus": Price(0.015, 0.075)},
+    )
+    last = rng.choice([None, "agent-500"])
+    assert route_batch(tasks, fleet, policy, last_agent_id=last) == sequential(tasks, fleet, policy, last)
+
+
+def test_an_unknown_strategy_fails_as_in_pick() -> None:
+    with pytest.raises(ValueError, match="unknown routing strategy"):
+        route_batch([TaskRequirements(frozenset({"a"}), strategy="random")], [], RoutingPolicy())
+
+
+def test_slots_fill_up_across_the_batch() -> None:
+    fleet = [Candidate("solo", "gpt-4", frozenset({"a"}), max_concurrency=2, active=0)]
+    task = TaskRequirements(frozenset({"a"}))
+    decisions, last = route_batch([task] * 3, fleet, RoutingPolicy())
+    assert [d.agent_id if d else None for d in decisions] == ["solo", "solo", None]
+    assert last == "solo"
