@@ -10,11 +10,12 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from app.db.models import Agent, Assignment, Task, TaskEvent
 from app.tasks.service import notify
@@ -58,6 +59,23 @@ class AgentTally:
     cost: float = 0.0
 
 
+_agents = cast(Table, Agent.__table__)
+_done = _agents.c.tasks_completed + _agents.c.tasks_failed
+# A plain executemany (Core, not ORM bulk): a batch's agent counters in one round trip.
+_TALLY = (
+    update(_agents)
+    .where(_agents.c.id == bindparam("agent"))
+    .values(
+        tasks_completed=_agents.c.tasks_completed + bindparam("ok"),
+        tasks_failed=_agents.c.tasks_failed + bindparam("bad"),
+        avg_latency_ms=(_agents.c.avg_latency_ms * _done + bindparam("ms"))
+        / (_done + bindparam("ok") + bindparam("bad")),
+        tokens_processed=_agents.c.tokens_processed + bindparam("tokens"),
+        cost_incurred=_agents.c.cost_incurred + bindparam("cost"),
+    )
+)
+
+
 async def db_now(session: AsyncSession) -> datetime:
     """The transaction's timestamp: every replica measures leases by the database's clock."""
     now: datetime | None = await session.scalar(select(func.now()))
@@ -90,6 +108,7 @@ class Work:
         if task_ids:
             locked = await self.session.scalars(
                 select(Task)
+                .options(defer(Task.payload), defer(Task.result))  # written here, never read: skip the JSON
                 .where(Task.id.in_(task_ids))
                 .order_by(Task.id)
                 .with_for_update()
@@ -147,21 +166,14 @@ class Work:
         if self.events:
             await session.execute(insert(TaskEvent), self.events)
             self.events = []
-        for agent_id in sorted(self.tallies):
-            tally = self.tallies[agent_id]
-            done = Agent.tasks_completed + Agent.tasks_failed
-            count = tally.completed + tally.failed
-            await session.execute(
-                update(Agent)
-                .where(Agent.id == agent_id)
-                .values(
-                    tasks_completed=Agent.tasks_completed + tally.completed,
-                    tasks_failed=Agent.tasks_failed + tally.failed,
-                    avg_latency_ms=(Agent.avg_latency_ms * done + tally.latency_ms) / (done + count),
-                    tokens_processed=Agent.tokens_processed + tally.tokens,
-                    cost_incurred=Agent.cost_incurred + tally.cost,
-                )
-            )
+        if self.tallies:
+            # One executemany for every agent in the batch, in id order (the lock order).
+            rows = [
+                {"agent": agent, "ok": t.completed, "bad": t.failed, "ms": t.latency_ms, "tokens": t.tokens,
+                 "cost": t.cost}
+                for agent, t in sorted(self.tallies.items())
+            ]  # fmt: skip
+            await session.execute(_TALLY, rows)
         self.tallies = {}
         if self.wake:
             await notify(session, {"k": "work"})
