@@ -1,0 +1,145 @@
+"""Submitting tasks: a burst (as fast as the API takes them), an open loop at a rate, or a closed loop.
+
+Every submitted task id is stamped with time.time_ns() taken just before its request was sent; the agents
+stamp the assign they receive on the same clock, so the difference is the dispatch latency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from bench.agents import CAPABILITY, TASK_TYPE
+
+_MAX_OPEN = 512  # open loop: requests in flight at most, so a stalled server cannot exhaust our memory
+
+
+@dataclass
+class Submitted:
+    sent_ns: dict[str, int] = field(default_factory=dict)  # task id -> when its request left
+    errors: list[str] = field(default_factory=list)
+    late: int = 0  # open loop: requests sent later than their schedule (the server or we fell behind)
+    first_ns: int = 0
+    last_ns: int = 0
+
+    def record(self, ids: list[str], sent: int) -> None:
+        for task_id in ids:
+            self.sent_ns[task_id] = sent
+        self.first_ns = min(self.first_ns or sent, sent)
+        self.last_ns = max(self.last_ns, sent)
+
+
+def task_spec(index: int) -> dict[str, Any]:
+    return {"type": TASK_TYPE, "capabilities": [CAPABILITY], "payload": {"i": index}}
+
+
+async def _post(client: httpx.AsyncClient, first: int, count: int, out: Submitted) -> list[str]:
+    """Submit tasks first..first+count-1 in one request (single or batch); their ids, [] on failure."""
+    sent = time.time_ns()
+    try:
+        if count == 1:
+            response = await client.post("/api/v1/tasks", json=task_spec(first))
+        else:
+            specs = [task_spec(index) for index in range(first, first + count)]
+            response = await client.post("/api/v1/tasks:batch", json={"tasks": specs})
+    except httpx.HTTPError as exc:
+        out.errors.append(f"submit: {exc!r}")
+        return []
+    if response.status_code not in (200, 201):
+        out.errors.append(f"submit: HTTP {response.status_code}: {response.text[:200]}")
+        return []
+    body = response.json()
+    ids = [body["id"]] if count == 1 else [task["id"] for task in body["tasks"]]
+    out.record(ids, sent)
+    return ids
+
+
+def _chunks(total: int, size: int) -> list[tuple[int, int]]:
+    return [(first, min(size, total - first)) for first in range(0, total, size)]
+
+
+async def burst(
+    client: httpx.AsyncClient, total: int, batch: int, inflight: int, deadline: float
+) -> Submitted:
+    """As fast as the API accepts: `inflight` requests outstanding at any time."""
+    out = Submitted()
+    queue = list(reversed(_chunks(total, batch)))
+    loop = asyncio.get_running_loop()
+
+    async def worker() -> None:
+        while queue and loop.time() < deadline:
+            first, count = queue.pop()
+            await _post(client, first, count, out)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, inflight))))
+    return out
+
+
+async def open_loop(
+    client: httpx.AsyncClient, total: int, batch: int, rate: float, deadline: float
+) -> Submitted:
+    """Requests at fixed times (a batch of K every K/rate seconds), whether or not earlier ones are done."""
+    out = Submitted()
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(_MAX_OPEN)
+    pending: set[asyncio.Task[list[str]]] = set()
+    start = loop.time() + 0.05
+    period = batch / rate
+
+    async def one(first: int, count: int) -> list[str]:
+        try:
+            return await _post(client, first, count, out)
+        finally:
+            gate.release()
+
+    for number, (first, count) in enumerate(_chunks(total, batch)):
+        due = start + number * period
+        if loop.time() >= deadline:
+            out.errors.append(f"open loop: deadline reached after {first} of {total} tasks")
+            break
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        await gate.acquire()
+        if loop.time() - due > 0.005:
+            out.late += 1
+        task = asyncio.create_task(one(first, count))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.wait(pending, timeout=max(1.0, deadline - loop.time()))
+    return out
+
+
+async def closed_loop(
+    client: httpx.AsyncClient, total: int, batch: int, concurrency: int, deadline: float
+) -> Submitted:
+    """`concurrency` workers, each submitting and then long-polling until its tasks are finished."""
+    out = Submitted()
+    queue = list(reversed(_chunks(total, batch)))
+    loop = asyncio.get_running_loop()
+
+    async def worker() -> None:
+        while queue and loop.time() < deadline:
+            first, count = queue.pop()
+            for task_id in await _post(client, first, count, out):
+                await _wait_terminal(client, task_id, deadline, out)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return out
+
+
+async def _wait_terminal(client: httpx.AsyncClient, task_id: str, deadline: float, out: Submitted) -> None:
+    loop = asyncio.get_running_loop()
+    while (remaining := deadline - loop.time()) > 0:
+        try:
+            response = await client.get(f"/api/v1/tasks/{task_id}", params={"wait": min(30.0, remaining)})
+        except httpx.HTTPError as exc:
+            out.errors.append(f"wait: {exc!r}")
+            return
+        if response.status_code != 200:
+            out.errors.append(f"wait: HTTP {response.status_code}")
+            return
+        if response.json()["status"] in {"succeeded", "failed", "cancelled", "timed_out"}:
+            return
