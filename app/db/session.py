@@ -21,7 +21,9 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per checkout; a connection found dead raises once and the
+        # pool discards it (callers already retry or fail the unit of work cleanly).
+        pool_pre_ping=False,
         pool_recycle=1800,
     )
 

@@ -37,4 +37,5 @@ class Effects:
                 metrics.cost.labels(model).inc(item.cost)
         self.fleet.assignments_ended(outcome.finished)
         self.signals.work_available()
-        self.signals.sessions.set()
+        if any(item.in_session for item in outcome.finished):
+            self.signals.sessions.set()

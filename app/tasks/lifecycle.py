@@ -166,7 +166,16 @@ def reject(work: Work, agent_id: str, assignment_id: uuid.UUID, reason: str, *, 
     back_to_queue(task, work.now, delay)
     work.event(task, previous, f"rejected: {reason or 'no reason'}")
     work.wake = True
-    finished = Finished(task.id, task.type, agent_id, task.status, assignment.id, retried=True, rejected=True)
+    finished = Finished(
+        task.id,
+        task.type,
+        agent_id,
+        task.status,
+        assignment.id,
+        retried=True,
+        rejected=True,
+        in_session=task.session_id is not None,
+    )
     return Outcome(finished=[finished])
 
 
@@ -246,5 +255,6 @@ def record_result(
     finished = Finished(
         task.id, task.type, agent_id, task.status, assignment.id, duration,
         usage.input_tokens, usage.output_tokens, cost, retried, executed=True,
+        in_session=task.session_id is not None,
     )  # fmt: skip
     return Outcome(ack=True, finished=[finished])

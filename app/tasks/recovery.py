@@ -69,7 +69,15 @@ async def requeue_open_assignments(
         work.event(task, previous, reason, {"agent_id": assignment.agent_id})
         retried = task.status == TaskStatus.PENDING
         outcome.finished.append(
-            Finished(task.id, task.type, assignment.agent_id, task.status, assignment.id, retried=retried)
+            Finished(
+                task.id,
+                task.type,
+                assignment.agent_id,
+                task.status,
+                assignment.id,
+                retried=retried,
+                in_session=task.session_id is not None,
+            )
         )
     await work.flush()
     return outcome
@@ -120,7 +128,15 @@ async def reap(session: AsyncSession, *, limit: int = BATCH) -> Outcome:
         work.event(task, previous, "lease lapsed", {"agent_id": agent_id})
         retried = task.status == TaskStatus.PENDING
         outcome.finished.append(
-            Finished(task.id, task.type, agent_id, task.status, assignment_id, retried=retried)
+            Finished(
+                task.id,
+                task.type,
+                agent_id,
+                task.status,
+                assignment_id,
+                retried=retried,
+                in_session=task.session_id is not None,
+            )
         )
     overdue = await session.scalars(
         select(Task)
@@ -138,6 +154,8 @@ async def reap(session: AsyncSession, *, limit: int = BATCH) -> Outcome:
         }
         finish(task, now)
         work.event(task, previous, "queue timeout")
-        outcome.finished.append(Finished(task.id, task.type, "", task.status))
+        outcome.finished.append(
+            Finished(task.id, task.type, "", task.status, in_session=task.session_id is not None)
+        )
     await work.flush()
     return outcome

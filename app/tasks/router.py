@@ -25,9 +25,15 @@ router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TaskOut)
 async def submit_task(
-    body: TaskCreate, response: Response, session: SessionDep, settings: SettingsDep, _: ClientDep
+    body: TaskCreate,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    signals: SignalsDep,
+    _: ClientDep,
 ) -> TaskOut:
     task, created = await service.submit(session, settings, body)
+    signals.work_available()  # this replica's dispatcher at once; the NOTIFY tells the others
     if not created:
         response.status_code = status.HTTP_200_OK  # the same idempotency key: the same task
     response.headers["Location"] = f"/api/v1/tasks/{task.id}"
@@ -36,9 +42,10 @@ async def submit_task(
 
 @router.post(":batch", status_code=status.HTTP_201_CREATED, response_model=TaskBatchOut)
 async def submit_batch(
-    body: TaskBatchCreate, session: SessionDep, settings: SettingsDep, _: ClientDep
+    body: TaskBatchCreate, session: SessionDep, settings: SettingsDep, signals: SignalsDep, _: ClientDep
 ) -> TaskBatchOut:
     tasks = await service.submit_batch(session, settings, body.tasks)
+    signals.work_available()
     return TaskBatchOut(tasks=[service.to_out(task) for task in tasks])
 
 

@@ -21,6 +21,7 @@ from app.tasks.states import TERMINAL, TaskStatus, transition
 from app.tasks.states import TaskEvent as Ev
 
 BUS_CHANNEL = "agentplane"
+_INSERT_TASKS = insert(Task).on_conflict_do_nothing().returning(Task)
 _FRAME_OVERHEAD = 4096  # room for the assign frame's other fields around the payload
 
 
@@ -33,7 +34,12 @@ async def notify(session: AsyncSession, message: dict[str, Any]) -> None:
 
 
 def _row(
-    spec: TaskCreate, settings: Settings, *, session_id: uuid.UUID | None, session_key: str | None
+    spec: TaskCreate,
+    settings: Settings,
+    *,
+    now: datetime,
+    session_id: uuid.UUID | None,
+    session_key: str | None,
 ) -> dict[str, Any]:
     size = len(orjson.dumps(spec.payload))
     limit = settings.max_message_bytes - _FRAME_OVERHEAD
@@ -55,7 +61,10 @@ def _row(
         "max_attempts": spec.max_attempts or settings.max_attempts,
         "timeout": spec.timeout or settings.task_timeout,
         "queue_timeout": queue_timeout,
-        "expires_at": func.now() + timedelta(seconds=queue_timeout),
+        "created_at": now,
+        "updated_at": now,
+        "available_at": now,
+        "expires_at": now + timedelta(seconds=queue_timeout),
         "model": spec.model,
         "strategy": spec.strategy,
         "max_cost": spec.max_cost,
@@ -77,12 +86,16 @@ async def insert_tasks(
 ) -> list[tuple[Task, bool]]:
     """Insert without committing; returns each task in order, and whether it is new (not a repeat)."""
     keys = list(session_keys) if session_keys is not None else [None] * len(specs)
+    # Timestamps from the database's clock (leases and timeouts are measured by it), read once.
+    now: datetime | None = await session.scalar(select(func.now()))
+    assert now is not None
     rows = [
-        _row(spec, settings, session_id=session_id, session_key=key)
+        _row(spec, settings, now=now, session_id=session_id, session_key=key)
         for spec, key in zip(specs, keys, strict=True)
     ]
-    stmt = insert(Task).values(rows).on_conflict_do_nothing().returning(Task)
-    created = {task.id: task for task in await session.scalars(stmt)}
+    # One fixed statement executed for many rows: SQLAlchemy caches its compiled form, which a multi-row
+    # VALUES literal (a new statement per batch size) would not get.
+    created = {task.id: task for task in await session.scalars(_INSERT_TASKS, rows)}
     if created:
         await session.execute(
             insert(TaskEvent),

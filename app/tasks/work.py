@@ -37,6 +37,7 @@ class Finished:
     retried: bool = False
     rejected: bool = False
     executed: bool = False  # the agent ran it and reported back (counts toward execution time)
+    in_session: bool = False  # a collaboration session's subtask: its runner may have a step to take
 
 
 @dataclass
