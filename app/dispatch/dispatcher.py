@@ -8,12 +8,12 @@ import logging
 import uuid
 from collections import Counter
 from dataclasses import replace
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.background import BackgroundService
 from app.config import Settings
-from app.db.models import Assignment, Task
 from app.dispatch.fleet import Fleet
 from app.gateway.effects import Effects
 from app.gateway.hub import Hub
@@ -68,7 +68,7 @@ class Dispatcher(BackgroundService):
                 logger.exception("dispatch round failed")
                 await asyncio.sleep(0.5)
 
-    def _requirements(self, task: Task) -> TaskRequirements:
+    def _requirements(self, task: Any) -> TaskRequirements:
         return TaskRequirements(
             required_capabilities=frozenset(task.required_capabilities),
             model=task.model,
@@ -103,7 +103,7 @@ class Dispatcher(BackgroundService):
         self._send(leased)
         return len(leased)
 
-    def _route(self, tasks: list[Task], candidates: list[Candidate]) -> list[tuple[Task, str, str]]:
+    def _route(self, tasks: list[Any], candidates: list[Candidate]) -> list[tuple[Any, str, str]]:
         """Route the batch in priority order; a task some agent just refused is routed last, without it."""
         model = {c.agent_id: c.model for c in candidates}
         refusals = {task.id: self.fleet.refused_recently(task.id) for task in tasks}
@@ -135,29 +135,28 @@ class Dispatcher(BackgroundService):
                 plans.append((task, decision.agent_id, chosen.model))
         return plans
 
-    def _send(self, leased: list[tuple[Task, Assignment]]) -> None:
+    def _send(self, leased: list[lifecycle.Lease]) -> None:
         metrics = self.effects.metrics
         orphans = []
-        for task, assignment in leased:
-            self.fleet.leased(assignment.agent_id, assignment.id)
-            assert task.lease_expires_at is not None
+        for lease in leased:
+            self.fleet.leased(lease.agent_id, lease.assignment_id)
             frame = Assign(
-                assignment_id=assignment.id,
-                task_id=task.id,
-                task_type=task.type,
-                payload=task.payload,
-                timeout=task.timeout,
-                deadline=task.lease_expires_at,
-                attempt=task.attempt,
+                assignment_id=lease.assignment_id,
+                task_id=lease.task_id,
+                task_type=lease.task_type,
+                payload=lease.payload,
+                timeout=lease.timeout,
+                deadline=lease.deadline,
+                attempt=lease.attempt,
             )
-            if not self.hub.send(assignment.agent_id, frame):
-                orphans.append(assignment.id)
+            if not self.hub.send(lease.agent_id, frame):
+                orphans.append(lease.assignment_id)
                 continue
-            metrics.tasks_assigned.labels(assignment.model, task.type).inc()
-            metrics.dispatch_latency.labels(task.type).observe(
-                max(0.0, (assignment.assigned_at - task.available_at).total_seconds())
+            metrics.tasks_assigned.labels(lease.model, lease.task_type).inc()
+            metrics.dispatch_latency.labels(lease.task_type).observe(
+                max(0.0, (lease.assigned_at - lease.available_at).total_seconds())
             )
-            self.effects.signals.task_changed(task.id)
+            self.effects.signals.task_changed(lease.task_id)
         if orphans:
             job = asyncio.create_task(self._requeue_orphans(orphans), name="requeue-orphans")
             self._background.add(job)

@@ -11,9 +11,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,6 +34,49 @@ class RetryPolicy:
     backoff_max: float
 
 
+_tasks = cast(Table, Task.__table__)
+_CLAIM_COLUMNS = [
+    _tasks.c[name]
+    for name in (
+        "id", "type", "required_capabilities", "payload", "attempt", "timeout", "available_at", "model",
+        "max_cost", "estimated_tokens", "agent_ids", "strategy",
+    )
+]  # fmt: skip
+# Fixed statements (compiled once, executed for many rows): the dispatcher's hot path skips the ORM.
+_INSERT_ASSIGNMENTS = insert(cast(Table, Assignment.__table__))
+_INSERT_EVENTS = insert(cast(Table, TaskEvent.__table__))
+_LEASE_TASKS = (
+    update(_tasks)
+    .where(_tasks.c.id == bindparam("task"), _tasks.c.status == TaskStatus.PENDING.value)
+    .values(
+        status=TaskStatus.ASSIGNED.value,
+        attempt=bindparam("attempt"),
+        agent_id=bindparam("agent"),
+        assignment_id=bindparam("assignment"),
+        assigned_at=bindparam("now"),
+        lease_expires_at=bindparam("deadline"),
+        updated_at=bindparam("now"),
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A task leased to an agent: what the `assign` frame and the metrics need."""
+
+    task_id: uuid.UUID
+    task_type: str
+    payload: dict[str, Any]
+    timeout: float
+    attempt: int
+    available_at: datetime
+    assignment_id: uuid.UUID
+    agent_id: str
+    model: str
+    assigned_at: datetime
+    deadline: datetime
+
+
 async def claim_pending(
     session: AsyncSession,
     *,
@@ -41,69 +84,71 @@ async def claim_pending(
     models: Sequence[str],
     agent_ids: Sequence[str],
     limit: int,
-) -> list[Task]:
+) -> list[Any]:
     """Lock up to ``limit`` due pending tasks, best first, that the agents here could take: every capability
     offered, a model present, a permitted agent present. (Filtering here, not after, keeps tasks that only
-    other replicas can serve from crowding out the ones this replica can.)"""
+    other replicas can serve from crowding out the ones this replica can.) Rows carry the columns routing
+    and the `assign` frame need."""
     query = (
-        select(Task)
+        select(*_CLAIM_COLUMNS)
         .where(
-            Task.status == TaskStatus.PENDING.value,
-            Task.available_at <= func.now(),
-            Task.required_capabilities.contained_by(list(capabilities)),
-            or_(Task.model.is_(None), Task.model.in_(list(models))),
-            or_(Task.agent_ids.is_(None), Task.agent_ids.overlap(list(agent_ids))),
+            _tasks.c.status == TaskStatus.PENDING.value,
+            _tasks.c.available_at <= func.now(),
+            _tasks.c.required_capabilities.contained_by(list(capabilities)),
+            or_(_tasks.c.model.is_(None), _tasks.c.model.in_(list(models))),
+            or_(_tasks.c.agent_ids.is_(None), _tasks.c.agent_ids.overlap(list(agent_ids))),
         )
-        .order_by(Task.priority.desc(), Task.available_at)
+        .order_by(_tasks.c.priority.desc(), _tasks.c.available_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return list(await session.scalars(query))
+    return list((await session.execute(query)).all())
 
 
 async def lease(
-    session: AsyncSession, plans: Sequence[tuple[Task, str, str]], *, replica_id: str
-) -> list[tuple[Task, Assignment]]:
-    """Assign each locked task to its chosen agent (id, model) with a lease of the task's timeout."""
+    session: AsyncSession, plans: Sequence[tuple[Any, str, str]], *, replica_id: str
+) -> list[Lease]:
+    """Assign each claimed (locked) task to its chosen agent (id, model) with a lease of its timeout."""
     if not plans:
         return []
     now = await db_now(session)
-    leased: list[tuple[Task, Assignment]] = []
-    events = []
+    leases = []
     for task, agent_id, model in plans:
-        previous = task.status
-        task.status = transition(previous, Ev.ASSIGN).value
-        task.attempt += 1
-        assignment = Assignment(
-            id=uuid.uuid4(),
-            task_id=task.id,
-            agent_id=agent_id,
-            model=model,
-            replica_id=replica_id,
-            attempt=task.attempt,
-            status="assigned",
-            assigned_at=now,
-        )
-        task.agent_id = agent_id
-        task.assignment_id = assignment.id
-        task.assigned_at = now
-        task.lease_expires_at = now + timedelta(seconds=task.timeout)
-        task.updated_at = now
-        session.add(assignment)
-        events.append(
-            {
-                "task_id": task.id,
-                "kind": "transition",
-                "from_status": previous,
-                "to_status": task.status,
-                "reason": "assigned",
-                "data": {"agent_id": agent_id, "attempt": task.attempt},
-            }
-        )
-        leased.append((task, assignment))
-    await session.flush()
-    await session.execute(insert(TaskEvent), events)
-    return leased
+        transition(TaskStatus.PENDING, Ev.ASSIGN)  # the table's word, not ours, that this move is legal
+        leases.append(
+            Lease(
+                task_id=task.id, task_type=task.type, payload=task.payload, timeout=task.timeout,
+                attempt=task.attempt + 1, available_at=task.available_at, assignment_id=uuid.uuid4(),
+                agent_id=agent_id, model=model, assigned_at=now,
+                deadline=now + timedelta(seconds=task.timeout),
+            )
+        )  # fmt: skip
+    await session.execute(
+        _INSERT_ASSIGNMENTS,
+        [
+            {"id": one.assignment_id, "task_id": one.task_id, "agent_id": one.agent_id, "model": one.model,
+             "replica_id": replica_id, "attempt": one.attempt, "status": "assigned", "assigned_at": now}
+            for one in leases
+        ],
+    )  # fmt: skip
+    await session.execute(
+        _LEASE_TASKS,
+        [
+            {"task": one.task_id, "attempt": one.attempt, "agent": one.agent_id,
+             "assignment": one.assignment_id,
+             "now": now, "deadline": one.deadline}
+            for one in leases
+        ],
+    )  # fmt: skip
+    await session.execute(
+        _INSERT_EVENTS,
+        [
+            {"task_id": one.task_id, "kind": "transition", "from_status": "pending", "to_status": "assigned",
+             "reason": "assigned", "data": {"agent_id": one.agent_id, "attempt": one.attempt}, "at": now}
+            for one in leases
+        ],
+    )  # fmt: skip
+    return leases
 
 
 def _unknown(assignment_id: uuid.UUID) -> Outcome:

@@ -117,6 +117,13 @@ def test_seed_metrics_count_what_happened(server: ServerProcess, fleet: list[Age
 
 def test_usage_reports_tokens_and_cost_by_model(server: ServerProcess, fleet: list[AgentProcess]) -> None:
     with server.client() as client:
+        spec = {
+            "type": "word-count",
+            "capabilities": ["word-count"],
+            "payload": {"text": "usage counts words"},
+        }
+        task = client.post("/api/v1/tasks", json=spec).json()
+        assert client.get(f"/api/v1/tasks/{task['id']}", params={"wait": 30}).json()["status"] == "succeeded"
         report = client.get("/api/v1/usage", params={"group_by": "model"}).json()
         assert {row["key"] for row in report["items"]} <= {"gpt-4", "claude-3-opus"}
         assert report["total"]["input_tokens"] > 0
