@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Assignment, Task, TaskEvent
 from app.routing.scoring import Price, cost_of_usage
+from app.tasks.rows import TaskRow
 from app.tasks.states import TaskEvent as Ev
 from app.tasks.states import TaskStatus, backoff_seconds, transition
 from app.tasks.work import Finished, Outcome, Work, db_now
@@ -181,7 +182,7 @@ def progress(work: Work, agent_id: str, assignment_id: uuid.UUID, value: float, 
     return Outcome()
 
 
-def back_to_queue(task: Task, now: datetime, delay: float) -> None:
+def back_to_queue(task: TaskRow, now: datetime, delay: float) -> None:
     task.agent_id = None
     task.assignment_id = None
     task.lease_expires_at = None
@@ -189,7 +190,7 @@ def back_to_queue(task: Task, now: datetime, delay: float) -> None:
     task.updated_at = now
 
 
-def finish(task: Task, now: datetime) -> None:
+def finish(task: TaskRow, now: datetime) -> None:
     task.lease_expires_at = None
     task.finished_at = now
     task.updated_at = now
@@ -243,7 +244,7 @@ def record_result(
     usage = frame.usage
     error = frame.error.model_dump() if frame.error is not None else None
     if assignment.status not in OPEN_ASSIGNMENT:
-        if assignment.output is None and assignment.error is None and assignment.status != "succeeded":
+        if assignment.blank and assignment.status != "succeeded":
             assignment.output, assignment.error = frame.output, error  # the late answer, kept for the record
         return Outcome(ack=True)
     now = work.now

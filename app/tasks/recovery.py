@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Assignment, Task
+from app.db.models import Assignment
 from app.tasks.lifecycle import OPEN_ASSIGNMENT, back_to_queue, finish
+from app.tasks.rows import TaskRow
 from app.tasks.service import notify
 from app.tasks.states import TaskEvent as Ev
 from app.tasks.states import TaskStatus, transition
@@ -88,17 +89,14 @@ async def reap(session: AsyncSession, *, limit: int = BATCH) -> Outcome:
     work = await Work.begin(session)
     now = work.now
     outcome = Outcome()
-    lapsed = list(
-        await session.scalars(
-            select(Task)
-            .where(Task.status.in_(OPEN_ASSIGNMENT), Task.lease_expires_at < now)
-            .order_by(Task.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
+    tasks = TaskRow.table
+    lapsed = await work.lock_tasks(
+        TaskRow.select()
+        .where(tasks.c.status.in_(OPEN_ASSIGNMENT), tasks.c.lease_expires_at < now)
+        .order_by(tasks.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
     )
-    for task in lapsed:
-        work.tasks[task.id] = task
     await work.lock([task.assignment_id for task in lapsed if task.assignment_id is not None])
     for task in lapsed:
         previous, agent_id, assignment_id = task.status, task.agent_id or "", task.assignment_id
@@ -138,10 +136,10 @@ async def reap(session: AsyncSession, *, limit: int = BATCH) -> Outcome:
                 in_session=task.session_id is not None,
             )
         )
-    overdue = await session.scalars(
-        select(Task)
-        .where(Task.status == TaskStatus.PENDING.value, Task.expires_at < now)
-        .order_by(Task.id)
+    overdue = await work.lock_tasks(
+        TaskRow.select()
+        .where(tasks.c.status == TaskStatus.PENDING.value, tasks.c.expires_at < now)
+        .order_by(tasks.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Select, Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import defer
 
-from app.db.models import Agent, Assignment, Task, TaskEvent
+from app.db.models import Agent, TaskEvent
+from app.tasks.rows import AssignmentRow, TaskRow
 from app.tasks.service import notify
 
 
@@ -84,12 +84,15 @@ async def db_now(session: AsyncSession) -> datetime:
     return now
 
 
+_INSERT_EVENTS = insert(cast(Table, TaskEvent.__table__))
+
+
 class Work:
     def __init__(self, session: AsyncSession, now: datetime) -> None:
         self.session = session
         self.now = now
-        self.tasks: dict[uuid.UUID, Task] = {}
-        self.assignments: dict[uuid.UUID, Assignment] = {}
+        self.tasks: dict[uuid.UUID, TaskRow] = {}
+        self.assignments: dict[uuid.UUID, AssignmentRow] = {}
         self.events: list[dict[str, Any]] = []
         self.tallies: dict[str, AgentTally] = {}
         self.wake = False
@@ -98,47 +101,49 @@ class Work:
     async def begin(cls, session: AsyncSession) -> Work:
         return cls(session, await db_now(session))
 
+    async def lock_tasks(self, query: Select[Any]) -> list[TaskRow]:
+        """Load (and, as the query says, lock) tasks selected by a query over TaskRow.select()."""
+        rows = [TaskRow(dict(row._mapping)) for row in await self.session.execute(query)]
+        self.tasks.update({row.id: row for row in rows})
+        return rows
+
     async def lock(self, assignment_ids: Iterable[uuid.UUID]) -> None:
         """Lock the assignments and their tasks (tasks first) for the rest of the transaction."""
         ids = sorted(set(assignment_ids) - set(self.assignments))
         if not ids:
             return
-        task_ids = sorted(
-            set(await self.session.scalars(select(Assignment.task_id).where(Assignment.id.in_(ids))))
+        assignments = AssignmentRow.table
+        task_ids = set(
+            await self.session.scalars(select(assignments.c.task_id).where(assignments.c.id.in_(ids)))
         )
-        if task_ids:
-            locked = await self.session.scalars(
-                select(Task)
-                .options(defer(Task.payload), defer(Task.result))  # written here, never read: skip the JSON
-                .where(Task.id.in_(task_ids))
-                .order_by(Task.id)
-                .with_for_update()
-                .execution_options(populate_existing=True)
+        missing = sorted(task_ids - set(self.tasks))
+        if missing:
+            tasks = TaskRow.table
+            await self.lock_tasks(
+                TaskRow.select().where(tasks.c.id.in_(missing)).order_by(tasks.c.id).with_for_update()
             )
-            self.tasks.update({task.id: task for task in locked})
-        rows = await self.session.scalars(
-            select(Assignment)
-            .where(Assignment.id.in_(ids))
-            .order_by(Assignment.id)
+        rows = await self.session.execute(
+            AssignmentRow.select()
+            .where(assignments.c.id.in_(ids))
+            .order_by(assignments.c.id)
             .with_for_update()
-            .execution_options(populate_existing=True)
         )
-        self.assignments.update({row.id: row for row in rows})
+        self.assignments.update({row.id: AssignmentRow(dict(row._mapping)) for row in rows})
 
-    def owned(self, agent_id: str, assignment_id: uuid.UUID) -> Assignment | None:
+    def owned(self, agent_id: str, assignment_id: uuid.UUID) -> AssignmentRow | None:
         """The agent's own assignment, locked; None for an unknown id or another agent's (agents cannot act
         on each other's work)."""
         assignment = self.assignments.get(assignment_id)
         return assignment if assignment is not None and assignment.agent_id == agent_id else None
 
-    def current_task(self, assignment: Assignment) -> Task | None:
+    def current_task(self, assignment: AssignmentRow) -> TaskRow | None:
         """The task, if this assignment is still the one that holds it (the fence)."""
         task = self.tasks.get(assignment.task_id)
         if task is None or task.assignment_id != assignment.id or task.status not in ("assigned", "running"):
             return None
         return task
 
-    def event(self, task: Task, previous: str, reason: str, data: dict[str, Any] | None = None) -> None:
+    def event(self, task: TaskRow, previous: str, reason: str, data: dict[str, Any] | None = None) -> None:
         self.events.append(
             {
                 "task_id": task.id,
@@ -151,7 +156,10 @@ class Work:
         )
 
     def progress_event(self, task_id: uuid.UUID, data: dict[str, Any]) -> None:
-        self.events.append({"task_id": task_id, "kind": "progress", "data": data})
+        self.events.append(
+            {"task_id": task_id, "kind": "progress", "from_status": None, "to_status": None, "reason": None,
+             "data": data}
+        )  # fmt: skip
 
     def tally(self, agent_id: str, *, succeeded: bool, latency_ms: float, tokens: int, cost: float) -> None:
         tally = self.tallies.setdefault(agent_id, AgentTally())
@@ -163,9 +171,10 @@ class Work:
 
     async def flush(self) -> None:
         session = self.session
-        await session.flush()
+        await TaskRow.write(session, list(self.tasks.values()))
+        await AssignmentRow.write(session, list(self.assignments.values()))
         if self.events:
-            await session.execute(insert(TaskEvent), self.events)
+            await session.execute(_INSERT_EVENTS, self.events)
             self.events = []
         if self.tallies:
             # One executemany for every agent in the batch, in id order (the lock order).
