@@ -106,8 +106,9 @@ class Dispatcher(BackgroundService):
     def _route(self, tasks: list[Any], candidates: list[Candidate]) -> list[tuple[Any, str, str]]:
         """Route the batch in priority order; a task some agent just refused is routed last, without it."""
         model = {c.agent_id: c.model for c in candidates}
-        refusals = {task.id: self.fleet.refused_recently(task.id) for task in tasks}
-        fresh = [task for task in tasks if not refusals[task.id]]
+        rejections = self.fleet.rejections
+        refusals = {task.id: self.fleet.refused_recently(task.id) for task in tasks if task.id in rejections}
+        fresh = [task for task in tasks if not refusals.get(task.id)]
         decisions, self.last_agent_id = route_batch(
             [self._requirements(task) for task in fresh],
             candidates,
@@ -117,7 +118,7 @@ class Dispatcher(BackgroundService):
         plans = [
             (t, d.agent_id, model[d.agent_id]) for t, d in zip(fresh, decisions, strict=True) if d is not None
         ]
-        refused = [task for task in tasks if refusals[task.id]]
+        refused = [task for task in tasks if refusals.get(task.id)]
         if refused:
             taken = Counter(agent_id for _, agent_id, _ in plans)
             snapshot = {c.agent_id: replace(c, active=c.active + taken[c.agent_id]) for c in candidates}
