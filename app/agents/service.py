@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,11 +32,10 @@ class RegisteredAgent:
     success_rate: float
     active: int  # open assignments (normally 0: a reconnect requeues the old ones)
     requeued: lifecycle.Outcome
+    version: int  # this registration's version of the agents row: a later one supersedes it
 
 
 def new_agent_id() -> str:
-    import uuid
-
     return f"agent-{uuid.uuid4().hex[:12]}"
 
 
@@ -46,7 +46,11 @@ async def register(
     replica_id: str,
     allowed_models: Sequence[str],
     default_concurrency: int,
+    key_id: uuid.UUID | None,
+    admin: bool,
 ) -> RegisteredAgent:
+    """Upsert the agent for this connection. An agent id belongs to the key that first registered it: another
+    agent key cannot take it over (and so act for it); an admin key can."""
     if allowed_models and frame.model not in allowed_models:
         raise AgentRejected(
             CloseCode.MODEL_NOT_ALLOWED,
@@ -64,10 +68,16 @@ async def register(
         "connected_at": func.now(),
         "last_seen_at": func.now(),
         "health_failures": 0,
+        "owner_key_id": key_id,
     }
-    previous_replica = await session.scalar(
-        select(Agent.replica_id).where(Agent.id == agent_id, Agent.status != "offline")
-    )
+    existing = (
+        await session.execute(
+            select(Agent.replica_id, Agent.status, Agent.owner_key_id).where(Agent.id == agent_id)
+        )
+    ).first()
+    if existing is not None and existing.owner_key_id not in (None, key_id) and not admin:
+        raise AgentRejected(CloseCode.UNAUTHORIZED, f"agent id {agent_id!r} is registered to another API key")
+    previous_replica = existing.replica_id if existing is not None and existing.status != "offline" else None
     # Whatever an old connection held went with it: the queue gets it back now, not at lease expiry.
     # (Requeue before touching the agent row: tasks, assignments, then agents is the lock order.)
     requeued = await recovery.requeue_open_assignments(
@@ -76,8 +86,8 @@ async def register(
     insert_agent = insert(Agent).values(values)
     upsert = insert_agent.on_conflict_do_update(
         index_elements=[Agent.id],
-        set_={key: insert_agent.excluded[key] for key in values if key != "id"}
-        | {"version": Agent.version + 1},
+        set_={key: insert_agent.excluded[key] for key in values if key not in ("id", "owner_key_id")}
+        | {"version": Agent.version + 1, "owner_key_id": func.coalesce(Agent.owner_key_id, key_id)},
     ).returning(Agent)
     agent = (await session.scalars(upsert)).one()
     await session.execute(delete(AgentCapability).where(AgentCapability.agent_id == agent_id))
@@ -100,18 +110,24 @@ async def register(
         success_rate=agent.tasks_completed / done if done else 1.0,
         active=0,
         requeued=requeued,
+        version=agent.version,
     )
 
 
-async def disconnect(session: AsyncSession, agent_id: str, *, replica_id: str) -> lifecycle.Outcome:
-    """The socket on ``replica_id`` closed: its work back to the queue, and offline at once."""
+async def disconnect(
+    session: AsyncSession, agent_id: str, *, replica_id: str, version: int
+) -> lifecycle.Outcome:
+    """The socket of registration ``version`` on ``replica_id`` closed: its work goes back to the queue and
+    the agent is offline at once. A no-op when a newer registration (on any replica) owns the agent."""
+    current = await session.scalar(select(Agent.version).where(Agent.id == agent_id))
+    if current != version:
+        return lifecycle.Outcome()
     outcome = await recovery.requeue_open_assignments(
         session, agent_ids=[agent_id], replica_id=replica_id, reason="agent disconnected"
     )
-    # Only if no newer connection (maybe on another replica) owns the agent now.
     await session.execute(
         update(Agent)
-        .where(Agent.id == agent_id, Agent.replica_id == replica_id)
+        .where(Agent.id == agent_id, Agent.version == version)
         .values(status="offline", last_seen_at=func.now())
     )
     return outcome
@@ -184,6 +200,10 @@ async def record_health(
         )
     passed = sorted(agent_id for agent_id, ok, *_ in checks if ok)
     failed = sorted(agent_id for agent_id, ok, *_ in checks if not ok)
+    # Every agent row locked at once in id order, the order the frame batches lock them in.
+    await session.execute(
+        select(Agent.id).where(Agent.id.in_(sorted(passed + failed))).order_by(Agent.id).with_for_update()
+    )
     recovered = (
         list(
             await session.scalars(

@@ -42,6 +42,8 @@ class Agent(Base):
     status: Mapped[str] = mapped_column(Text, nullable=False, index=True)
     max_concurrency: Mapped[int] = mapped_column(Integer, nullable=False)
     replica_id: Mapped[str | None] = mapped_column(Text, index=True)
+    # The API key that first registered this id; other agent keys cannot take the id over.
+    owner_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     connected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     health_failures: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))

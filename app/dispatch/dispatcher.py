@@ -82,7 +82,8 @@ class Dispatcher(BackgroundService):
 
     async def dispatch_once(self) -> int:
         """One batch: returns how many tasks were leased (0 when there is nothing to do here)."""
-        candidates = self.fleet.candidates()
+        # A socket that is closing stays in the fleet until its cleanup runs; it must not be offered work.
+        candidates = [c for c in self.fleet.candidates() if self.hub.is_open(c.agent_id)]
         if not candidates:
             return 0
         spare = sum(c.max_concurrency - c.active for c in candidates)
@@ -167,7 +168,10 @@ class Dispatcher(BackgroundService):
         """The agent's socket closed between our pick and our send: give the work straight back."""
         async with self.sessionmaker() as session:
             outcome = await recovery.requeue_open_assignments(
-                session, assignment_ids=assignment_ids, reason="agent gone before assign was sent"
+                session,
+                assignment_ids=assignment_ids,
+                reason="agent gone before assign was sent",
+                undelivered=True,
             )
             await session.commit()
         self.effects.after_commit(outcome, reason="agent_lost")

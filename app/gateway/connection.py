@@ -17,10 +17,11 @@ _CLOSE = object()
 
 
 class Connection:
-    def __init__(self, websocket: WebSocket, *, agent_id: str, model: str) -> None:
+    def __init__(self, websocket: WebSocket, *, agent_id: str, model: str, version: int = 0) -> None:
         self.websocket = websocket
         self.agent_id = agent_id
         self.model = model
+        self.version = version  # the registration this socket belongs to
         self.closed = False
         self.close_code: int | None = None
         self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=WRITE_QUEUE)
@@ -50,8 +51,12 @@ class Connection:
         for future in self._pings.values():
             if not future.done():
                 future.cancel()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait((_CLOSE, code, reason))
+        if self._queue.full():
+            # Frames queued for a peer we are closing on are moot (their work is requeued on disconnect);
+            # the close itself must get through.
+            while not self._queue.empty():
+                self._queue.get_nowait()
+        self._queue.put_nowait((_CLOSE, code, reason))
 
     async def run_writer(self) -> None:
         try:

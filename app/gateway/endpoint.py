@@ -21,7 +21,8 @@ from app.gateway.connection import Connection
 from app.gateway.effects import Effects
 from app.gateway.hub import Hub
 from app.gateway.protocol import AGENT_FRAME, AGENT_FRAME_TYPES, ErrorFrame, Register, Registered
-from app.security import KeyCache, Scope, authenticate, bearer_token
+from app.security import KeyCache, Principal, Scope, authenticate, bearer_token
+from app.tasks.work import Outcome
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -108,7 +109,7 @@ class Gateway:
         metrics = self.effects.metrics
         metrics.ws_connections.inc()
         try:
-            await self._session(websocket)
+            await self._session(websocket, principal)
         finally:
             metrics.ws_connections.dec()
 
@@ -134,7 +135,7 @@ class Gateway:
                 await websocket.close(CloseCode.PROTOCOL_VIOLATION, "too many bad frames")
                 return None
 
-    async def _session(self, websocket: WebSocket) -> None:
+    async def _session(self, websocket: WebSocket, principal: Principal) -> None:
         try:
             register = await asyncio.wait_for(self._await_register(websocket), self.settings.register_timeout)
         except TimeoutError:
@@ -151,13 +152,17 @@ class Gateway:
                     replica_id=replica_id,
                     allowed_models=self.settings.allowed_models,
                     default_concurrency=self.settings.max_concurrent_tasks,
+                    key_id=principal.key_id,
+                    admin=Scope.ADMIN in principal.scopes,
                 )
                 await session.commit()
         except AgentRejected as exc:
             logger.info("agent refused: %s", exc.reason, extra={"model": register.model})
             await websocket.close(exc.close_code, exc.reason[:120])
             return
-        connection = Connection(websocket, agent_id=registered.id, model=registered.model)
+        connection = Connection(
+            websocket, agent_id=registered.id, model=registered.model, version=registered.version
+        )
         previous = self.hub.attach(connection)
         if previous is not None:
             previous.close(CloseCode.REPLACED, "replaced by a newer connection with the same agent_id")
@@ -206,6 +211,14 @@ class Gateway:
             except DatabaseUnavailable:
                 connection.close(1011, "could not record the frame; reconnect and resend")
 
+    async def _disconnect(self, connection: Connection) -> Outcome:
+        async with self.sessionmaker() as session:
+            outcome = await agents.disconnect(
+                session, connection.agent_id, replica_id=self.settings.replica_id, version=connection.version
+            )
+            await session.commit()
+            return outcome
+
     async def _cleanup(self, connection: Connection, writer: asyncio.Task[None]) -> None:
         connection.close(1000, "bye")
         with contextlib.suppress(Exception):
@@ -214,11 +227,8 @@ class Gateway:
             return  # replaced by a newer connection, which owns the agent now
         self.effects.fleet.agent_left(connection.agent_id)
         try:
-            async with self.sessionmaker() as session:
-                outcome = await asyncio.shield(
-                    agents.disconnect(session, connection.agent_id, replica_id=self.settings.replica_id)
-                )
-                await session.commit()
+            # Shielded with its own session and commit, so a cancelled handler (shutdown) still records it.
+            outcome = await asyncio.shield(self._disconnect(connection))
         except Exception:
             # The reaper recovers the leases when they lapse; nothing is lost, only delayed.
             logger.exception("could not mark agent offline", extra={"agent_id": connection.agent_id})

@@ -28,6 +28,10 @@ class Hub:
     def get(self, agent_id: str) -> Connection | None:
         return self._connections.get(agent_id)
 
+    def is_open(self, agent_id: str) -> bool:
+        connection = self._connections.get(agent_id)
+        return connection is not None and not connection.closed
+
     def send(self, agent_id: str, frame: Frame) -> bool:
         connection = self._connections.get(agent_id)
         return connection.send(frame) if connection is not None else False

@@ -183,6 +183,8 @@ def progress(work: Work, agent_id: str, assignment_id: uuid.UUID, value: float, 
 
 
 def back_to_queue(task: TaskRow, now: datetime, delay: float) -> None:
+    """Pending again; its queue timeout counts afresh from now (time spent running is not time waiting)."""
+    task.expires_at = now + timedelta(seconds=task.queue_timeout + delay)
     task.agent_id = None
     task.assignment_id = None
     task.lease_expires_at = None

@@ -29,10 +29,12 @@ async def requeue_open_assignments(
     replica_id: str | None = None,
     assignment_ids: Sequence[uuid.UUID] | None = None,
     reason: str,
+    undelivered: bool = False,
 ) -> Outcome:
     """The agents (or a replica's agents) are gone: their leased tasks go back to the queue at once.
 
-    The attempt stays charged; a task whose attempts are spent fails with ``agent_lost``.
+    The attempt stays charged (a task whose attempts are spent fails with ``agent_lost``), unless the work
+    was ``undelivered``: an `assign` that never left this replica costs the task nothing.
     """
     query = select(Assignment.id).where(Assignment.status.in_(OPEN_ASSIGNMENT))
     if agent_ids is not None:
@@ -59,6 +61,8 @@ async def requeue_open_assignments(
             )
             continue
         previous = task.status
+        if undelivered:
+            task.attempt -= 1
         if task.attempt < task.max_attempts:
             task.status = transition(previous, Ev.RETRY).value
             back_to_queue(task, work.now, 0.0)

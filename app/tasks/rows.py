@@ -101,6 +101,7 @@ class TaskRow(TrackedRow):
     error: dict[str, Any] | None
     lease_expires_at: datetime | None
     available_at: datetime
+    expires_at: datetime
     finished_at: datetime | None
     updated_at: datetime
 

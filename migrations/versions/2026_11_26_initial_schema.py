@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises: 
-Create Date: 2026-11-26 11:32:48.679907
+Create Date: 2026-11-26 12:57:21.048668
 """
 
 from collections.abc import Sequence
@@ -26,6 +26,7 @@ def upgrade() -> None:
     sa.Column('status', sa.Text(), nullable=False),
     sa.Column('max_concurrency', sa.Integer(), nullable=False),
     sa.Column('replica_id', sa.Text(), nullable=True),
+    sa.Column('owner_key_id', sa.Uuid(), nullable=True),
     sa.Column('connected_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_seen_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('health_failures', sa.Integer(), server_default=sa.text('0'), nullable=False),

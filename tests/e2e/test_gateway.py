@@ -266,3 +266,23 @@ async def test_an_agent_that_stops_answering_pings_becomes_unhealthy_and_recover
                     break
     finally:
         await agent.close()
+
+
+async def test_an_agent_key_cannot_take_over_another_keys_agent(
+    server: ServerProcess, agent_key: str
+) -> None:
+    owner = await RawAgent.connect(server.ws_url, agent_key, agent_id="owned-1")
+    other_key = server.create_key("agent", name="intruder")
+    try:
+        intruder = await RawAgent.connect(server.ws_url, other_key, register=False)
+        await intruder.send(
+            {"type": "register", "agent_id": "owned-1", "model": "gpt-4", "capabilities": [{"name": "x"}]}
+        )
+        assert await intruder.closed_with() == 4001
+        assert await agent_status(server, "owned-1") == "active"
+        # The owner's own reconnect still supersedes its old socket.
+        again = await RawAgent.connect(server.ws_url, agent_key, agent_id="owned-1")
+        assert await owner.closed_with() == 4009
+        await again.close()
+    finally:
+        await owner.close()
