@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from tests.support.agent_procs import AgentProcess
 from tests.support.server import ServerProcess
 from tests.support.session_handlers import AGENT_ID_ENV
 
@@ -24,38 +22,28 @@ class AgentFleet:
         self.server = server
         self.key = key
         self.log_dir = log_dir
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.agents: dict[str, AgentProcess] = {}
+
+    @property
+    def processes(self) -> dict[str, subprocess.Popen[bytes]]:
+        return {
+            agent_id: agent.process for agent_id, agent in self.agents.items() if agent.process is not None
+        }
 
     def start(self, agent_id: str, capabilities: Sequence[str], *, max_concurrency: int = 4) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "agentplane",
-            "agent",
-            "--demo",
-            "--url",
-            self.server.ws_url,
-            "--key",
-            self.key,
-            "--agent-id",
-            agent_id,
-            "--max-concurrency",
-            str(max_concurrency),
+        extra = [
             "--handler",
             f"vote={HANDLERS}:vote",
             "--handler",
             f"slow-word-count={HANDLERS}:slow_word_count",
-            "--log-level",
-            "warning",
         ]
         for capability in capabilities:
-            command += ["--capability", capability]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "AGENTPLANE_"))}
-        env[AGENT_ID_ENV] = agent_id
-        with open(self.log_dir / f"agent-{agent_id}.log", "ab") as log:
-            self.processes[agent_id] = subprocess.Popen(
-                command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT
-            )
+            extra += ["--capability", capability]
+        agent = AgentProcess(
+            self.server.ws_url, self.key, agent_id, max_concurrency=max_concurrency, log_dir=self.log_dir,
+            extra_args=extra, env={AGENT_ID_ENV: agent_id}, cwd=PROJECT_ROOT,
+        )  # fmt: skip
+        self.agents[agent_id] = agent.start()
 
     def log(self, agent_id: str) -> str:
         try:
@@ -83,9 +71,6 @@ class AgentFleet:
         raise TimeoutError(f"agents not active after {timeout}s: {sorted(wanted - seen)}")
 
     def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)  # fixtures, not the system under test: no drain needed
-        for process in self.processes.values():
-            process.wait(10)
-        self.processes.clear()
+        for agent in self.agents.values():
+            agent.kill()  # fixtures, not the system under test: no drain needed
+        self.agents.clear()
