@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 
 Check = tuple[str, bool, float | None, str | None]
 
+SPREAD_SHARE = 0.3  # pings go out over the first 30 % of the interval...
+MAX_SPREAD = 5.0  # ...but over at most 5 s
+SLICE_GAP = 0.05  # seconds between slices
+SLICE_MIN = 100  # agents per slice at least: a small fleet is pinged at once
+
 
 class HealthMonitor(BackgroundService):
     name = "health-monitor"
@@ -43,8 +48,12 @@ class HealthMonitor(BackgroundService):
 
     async def run(self) -> None:
         interval = self.settings.health_check_interval
+        loop = asyncio.get_running_loop()
+        next_round = loop.time() + interval
         while True:
-            await asyncio.sleep(interval)
+            # A fixed cadence: a slow round (many agents, timeouts) must not stretch the interval.
+            await asyncio.sleep(max(0.0, next_round - loop.time()))
+            next_round = max(next_round + interval, loop.time())
             try:
                 await self.check_all()
             except Exception:
@@ -55,7 +64,7 @@ class HealthMonitor(BackgroundService):
         connections = [c for c in self.hub if not c.closed]
         if not connections:
             return
-        checks = await asyncio.gather(*(self._check(c, timeout) for c in connections))
+        checks = await asyncio.gather(*await self._spread(connections, timeout))
         self._rounds += 1
         async with self.sessionmaker() as session:
             unhealthy, recovered = await agents.record_health(session, checks, prune=self._rounds % 10 == 1)
@@ -77,6 +86,26 @@ class HealthMonitor(BackgroundService):
                 )
                 await session.commit()
             self.effects.after_commit(outcome, reason="agent_unhealthy")
+
+    async def _spread(self, connections: list[Connection], wait: float) -> list[asyncio.Task[Check]]:
+        """Start the pings in slices over a share of the interval: ten thousand pings sent in one burst would
+        queue behind each other and make healthy agents look late."""
+        spread = min(self.settings.health_check_interval * SPREAD_SHARE, MAX_SPREAD)
+        slices = max(1, min(len(connections) // SLICE_MIN, int(spread / SLICE_GAP)))
+        size = -(-len(connections) // slices)
+        started: list[asyncio.Task[Check]] = []
+        try:
+            for first in range(0, len(connections), size):
+                if started:
+                    await asyncio.sleep(SLICE_GAP)
+                started += [
+                    asyncio.create_task(self._check(c, wait)) for c in connections[first : first + size]
+                ]
+        except asyncio.CancelledError:
+            for task in started:
+                task.cancel()
+            raise
+        return started
 
     async def _check(self, connection: Connection, wait: float) -> Check:
         nonce = secrets.token_hex(8)
