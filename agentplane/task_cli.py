@@ -15,11 +15,15 @@ URL_ENV, KEY_ENV = "AGENTPLANE_URL", "AGENTPLANE_KEY"
 
 
 def add_parser(subparsers: Any) -> None:
+    # --url and --key are accepted after the subcommand too (`agentplane task submit --key …`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8080"))
+    common.add_argument("--key", default=os.environ.get(KEY_ENV), help=f"a client key (default: ${KEY_ENV})")
     task = subparsers.add_parser("task", help="submit and follow tasks")
-    task.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8080"))
-    task.add_argument("--key", default=os.environ.get(KEY_ENV), help=f"a client key (default: ${KEY_ENV})")
     sub = task.add_subparsers(dest="task_command", required=True)
-    submit = sub.add_parser("submit", help="submit a task and print it (or its result with --wait)")
+    submit = sub.add_parser(
+        "submit", parents=[common], help="submit a task and print it (or its result with --wait)"
+    )
     submit.add_argument("--type", required=True)
     submit.add_argument("--capability", action="append", required=True, help="repeat for several")
     submit.add_argument("--payload", default="{}", help="a JSON object")
@@ -28,7 +32,7 @@ def add_parser(subparsers: Any) -> None:
     submit.add_argument("--idempotency-key")
     submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
     for name in ("get", "cancel", "watch"):
-        command = sub.add_parser(name, help=f"{name} a task")
+        command = sub.add_parser(name, parents=[common], help=f"{name} a task")
         command.add_argument("task_id")
     task.set_defaults(func=cmd_task)
 

@@ -313,13 +313,8 @@ async def test_retryable_failures_retry_with_backoff_then_fail_for_good(
             for attempt in (1, 2, 3):
                 assign = await agent.expect("assign")
                 assert assign["attempt"] == attempt
-                await agent.send(
-                    {
-                        "type": "result",
-                        "assignment_id": assign["assignment_id"],
-                        "status": "failed",
-                        "error": {"code": "overloaded", "message": f"try {attempt}", "retryable": True},
-                    }
+                await agent.fail(
+                    assign, {"code": "overloaded", "message": f"try {attempt}", "retryable": True}
                 )
                 await agent.expect("ack")
             final = await wait(client, task["id"])
@@ -339,28 +334,14 @@ async def test_a_retry_can_succeed_and_a_non_retryable_failure_is_final(
         async with api(server, client_key) as client:
             task = await submit(client, capabilities=["st"])
             assign = await agent.expect("assign")
-            await agent.send(
-                {
-                    "type": "result",
-                    "assignment_id": assign["assignment_id"],
-                    "status": "failed",
-                    "error": {"code": "rate_limit", "retryable": True},
-                }
-            )
+            await agent.fail(assign, {"code": "rate_limit", "retryable": True})
             assign = await agent.expect("assign")
             await agent.complete(assign, output={"ok": True})
             assert (await wait(client, task["id"]))["result"] == {"ok": True}
 
             doomed = await submit(client, capabilities=["st"])
             assign = await agent.expect("assign")
-            await agent.send(
-                {
-                    "type": "result",
-                    "assignment_id": assign["assignment_id"],
-                    "status": "failed",
-                    "error": {"code": "bad_input", "message": "no", "retryable": False},
-                }
-            )
+            await agent.fail(assign, {"code": "bad_input", "message": "no", "retryable": False})
             final = await wait(client, doomed["id"])
             assert final["status"] == "failed"
             assert final["attempt"] == 1

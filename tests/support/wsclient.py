@@ -89,6 +89,11 @@ class RawAgent:
         )
         return await self.expect("ack")
 
+    async def fail(self, assign: dict[str, Any], error: dict[str, Any]) -> None:
+        await self.send(
+            {"type": "result", "assignment_id": assign["assignment_id"], "status": "failed", "error": error}
+        )
+
     async def closed_with(self, timeout: float = 10.0) -> int | None:
         """Wait for the server to close the socket; returns its close code."""
         try:
