@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -166,7 +165,6 @@ class Gateway:
         previous = self.hub.attach(connection)
         if previous is not None:
             previous.close(CloseCode.REPLACED, "replaced by a newer connection with the same agent_id")
-        writer = asyncio.create_task(connection.run_writer(), name=f"writer-{registered.id}")
         effects = self.effects
         effects.after_commit(registered.requeued, reason="agent_reconnected")
         effects.metrics.agents_registered.labels(registered.model).inc()
@@ -189,7 +187,7 @@ class Gateway:
         try:
             await self._read_loop(websocket, connection, channel)
         finally:
-            await self._cleanup(connection, writer)
+            await self._cleanup(connection)
 
     async def _read_loop(self, websocket: WebSocket, connection: Connection, channel: AgentChannel) -> None:
         bad = 0
@@ -219,10 +217,9 @@ class Gateway:
             await session.commit()
             return outcome
 
-    async def _cleanup(self, connection: Connection, writer: asyncio.Task[None]) -> None:
+    async def _cleanup(self, connection: Connection) -> None:
         connection.close(1000, "bye")
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer, 5)
+        await connection.drained(5)
         if not self.hub.detach(connection):
             return  # replaced by a newer connection, which owns the agent now
         self.effects.fleet.agent_left(connection.agent_id)
