@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.child import ChildProcess
 
-class AgentProcess:
+
+class AgentProcess(ChildProcess):
     def __init__(
         self,
         ws_url: str,
@@ -42,16 +43,3 @@ class AgentProcess:
                 self.args, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
             )
         return self
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()

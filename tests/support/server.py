@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +10,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from tests.support.child import ChildProcess
 
 ADMIN_KEY = "ap_test_admin_key_for_the_suite_only_000000"
 
@@ -21,7 +22,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ServerProcess:
+class ServerProcess(ChildProcess):
+    stop_timeout = 15.0
+
     def __init__(
         self, database_url: str, env: dict[str, str] | None = None, log_dir: Path | None = None
     ) -> None:
@@ -73,21 +76,6 @@ class ServerProcess:
             return self.log_path.read_text()[-4000:]
         except OSError:
             return ""
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, as in a crash."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
 
     def restart(self) -> ServerProcess:
         self.stop()
