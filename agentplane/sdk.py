@@ -78,9 +78,12 @@ class Agent:
         agent_id: str | None = None,
         name: str | None = None,
         max_result_bytes: int = 1024 * 1024,
+        accept_after: float = 0.02,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if accept_after < 0:
+            raise ValueError("accept_after must not be negative")
         self.url = url
         self.model = model
         self.name = name or ""
@@ -99,7 +102,7 @@ class Agent:
         self._started = False
         self._stop = asyncio.Event()
         self._finished = asyncio.Event()
-        self._jobs = Jobs(lambda: self._link, max_result_bytes)
+        self._jobs = Jobs(lambda: self._link, max_result_bytes, accept_after)
 
     # ------------------------------------------------------------------ public API
 
@@ -310,7 +313,6 @@ class Agent:
         elif len(self._jobs) >= self.max_concurrency:
             reason = f"at capacity ({self.max_concurrency} running)"
         else:
-            link.send(text(wire.Accept(assignment_id=assignment_id)))
             self._jobs.start(handler, frame)
             return
         logger.info("rejecting %s (%s): %s", assignment_id, frame.task_type, reason)

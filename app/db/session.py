@@ -34,3 +34,11 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+def engine_of(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncEngine:
+    """The engine a session factory is bound to (the hot paths take connections from its pool directly)."""
+    engine = sessionmaker.kw.get("bind")
+    if not isinstance(engine, AsyncEngine):
+        raise TypeError("the session factory is not bound to an AsyncEngine")
+    return engine

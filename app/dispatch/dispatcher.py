@@ -8,12 +8,13 @@ import logging
 import uuid
 from collections import Counter
 from dataclasses import replace
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.background import BackgroundService
 from app.config import Settings
+from app.db import raw
+from app.db.session import engine_of
 from app.dispatch.fleet import Fleet
 from app.gateway.effects import Effects
 from app.gateway.hub import Hub
@@ -44,6 +45,7 @@ class Dispatcher(BackgroundService):
         super().__init__()
         self.settings = settings
         self.sessionmaker = sessionmaker
+        self.engine = engine_of(sessionmaker)
         self.hub = hub
         self.fleet = fleet
         self.effects = effects
@@ -68,7 +70,7 @@ class Dispatcher(BackgroundService):
                 logger.exception("dispatch round failed")
                 await asyncio.sleep(0.5)
 
-    def _requirements(self, task: Any) -> TaskRequirements:
+    def _requirements(self, task: lifecycle.Claimed) -> TaskRequirements:
         return TaskRequirements(
             required_capabilities=frozenset(task.required_capabilities),
             model=task.model,
@@ -88,9 +90,9 @@ class Dispatcher(BackgroundService):
             return 0
         spare = sum(c.max_concurrency - c.active for c in candidates)
         offered = sorted(set().union(*(c.capabilities for c in candidates)))
-        async with self.sessionmaker() as session:
+        async with raw.transaction(self.engine) as db:
             tasks = await lifecycle.claim_pending(
-                session,
+                db,
                 capabilities=offered,
                 models=sorted({c.model for c in candidates}),
                 agent_ids=[c.agent_id for c in candidates],
@@ -99,12 +101,13 @@ class Dispatcher(BackgroundService):
             if not tasks:
                 return 0
             plans = self._route(tasks, candidates)
-            leased = await lifecycle.lease(session, plans, replica_id=self.settings.replica_id)
-            await session.commit()
+            leased = await lifecycle.lease(db, plans, replica_id=self.settings.replica_id)
         self._send(leased)
         return len(leased)
 
-    def _route(self, tasks: list[Any], candidates: list[Candidate]) -> list[tuple[Any, str, str]]:
+    def _route(
+        self, tasks: list[lifecycle.Claimed], candidates: list[Candidate]
+    ) -> list[tuple[lifecycle.Claimed, str, str]]:
         """Route the batch in priority order; a task some agent just refused is routed last, without it."""
         model = {c.agent_id: c.model for c in candidates}
         rejections = self.fleet.rejections

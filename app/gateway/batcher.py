@@ -20,6 +20,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.db import raw
+from app.db.session import engine_of
 from app.errors import WsErrorCode
 from app.gateway.connection import Connection
 from app.gateway.effects import Effects
@@ -50,7 +52,7 @@ class FrameBatcher:
         self, *, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], effects: Effects
     ) -> None:
         self.settings = settings
-        self.sessionmaker = sessionmaker
+        self.engine = engine_of(sessionmaker)
         self.effects = effects
         self.prices: Mapping[str, Price] = price_table(settings)
         self.retry = lifecycle.RetryPolicy(settings.retry_backoff, settings.retry_backoff_max)
@@ -87,12 +89,11 @@ class FrameBatcher:
 
     async def _commit(self, items: list[Item]) -> None:
         try:
-            async with self.sessionmaker() as session:
-                work = await Work.begin(session)
+            async with raw.transaction(self.engine) as db:
+                work = await Work.begin_raw(db)
                 await work.lock(item.frame.assignment_id for item in items)
                 outcomes = [self._apply(work, item) for item in items]
                 await work.flush()
-                await session.commit()
         except Exception:
             if len(items) > 1:
                 for item in items:

@@ -11,13 +11,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from app.db.models import Assignment, Task, TaskEvent
+from app.db import raw
 from app.routing.scoring import Price, cost_of_usage
 from app.tasks.rows import TaskRow
 from app.tasks.states import TaskEvent as Ev
@@ -35,30 +31,56 @@ class RetryPolicy:
     backoff_max: float
 
 
-_tasks = cast(Table, Task.__table__)
-_CLAIM_COLUMNS = [
-    _tasks.c[name]
-    for name in (
-        "id", "type", "required_capabilities", "payload", "attempt", "timeout", "available_at", "model",
-        "max_cost", "estimated_tokens", "agent_ids", "strategy",
-    )
-]  # fmt: skip
-# Fixed statements (compiled once, executed for many rows): the dispatcher's hot path skips the ORM.
-_INSERT_ASSIGNMENTS = insert(cast(Table, Assignment.__table__))
-_INSERT_EVENTS = insert(cast(Table, TaskEvent.__table__))
-_LEASE_TASKS = (
-    update(_tasks)
-    .where(_tasks.c.id == bindparam("task"), _tasks.c.status == TaskStatus.PENDING.value)
-    .values(
-        status=TaskStatus.ASSIGNED.value,
-        attempt=bindparam("attempt"),
-        agent_id=bindparam("agent"),
-        assignment_id=bindparam("assignment"),
-        assigned_at=bindparam("now"),
-        lease_expires_at=bindparam("deadline"),
-        updated_at=bindparam("now"),
-    )
+_CLAIM = """SELECT id, type, required_capabilities, payload, attempt, timeout, available_at, model, max_cost,
+    estimated_tokens, agent_ids, strategy
+FROM tasks
+WHERE status = 'pending' AND available_at <= now()
+    AND required_capabilities <@ $1::text[]
+    AND (model IS NULL OR model = ANY($2::text[]))
+    AND (agent_ids IS NULL OR agent_ids && $3::text[])
+ORDER BY priority DESC, available_at
+LIMIT $4
+FOR UPDATE SKIP LOCKED"""
+# One statement leases a whole batch: the assignments, the tasks and their events. The tasks are locked by
+# the claim; `status = 'pending'` is the guard all the same.
+_LEASE = """WITH v AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::float8[])
+        WITH ORDINALITY AS v(task, assignment, agent, model, attempt, timeout, ord)
+), leased AS (
+    UPDATE tasks AS t SET status = 'assigned', attempt = v.attempt, agent_id = v.agent,
+        assignment_id = v.assignment, assigned_at = now(),
+        lease_expires_at = now() + v.timeout * interval '1 second', updated_at = now()
+    FROM v WHERE t.id = v.task AND t.status = 'pending'
+    RETURNING t.id
+), assignments AS (
+    INSERT INTO assignments (id, task_id, agent_id, model, replica_id, attempt, status, assigned_at)
+    SELECT v.assignment, v.task, v.agent, v.model, $7, v.attempt, 'assigned', now()
+    FROM v JOIN leased ON leased.id = v.task
+), events AS (
+    INSERT INTO task_events (task_id, kind, from_status, to_status, reason, data, at)
+    SELECT v.task, 'transition', 'pending', 'assigned', 'assigned',
+        jsonb_build_object('agent_id', v.agent, 'attempt', v.attempt), now()
+    FROM v JOIN leased ON leased.id = v.task ORDER BY v.ord
 )
+SELECT now() AS now, array_agg(id) AS ids FROM leased"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A pending task the dispatcher has locked: what routing and the `assign` frame need."""
+
+    id: uuid.UUID
+    type: str
+    required_capabilities: list[str]
+    payload: Any
+    attempt: int
+    timeout: float
+    available_at: datetime
+    model: str | None
+    max_cost: float | None
+    estimated_tokens: int | None
+    agent_ids: list[str] | None
+    strategy: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,77 +101,48 @@ class Lease:
 
 
 async def claim_pending(
-    session: AsyncSession,
+    db: raw.Driver,
     *,
     capabilities: Sequence[str],
     models: Sequence[str],
     agent_ids: Sequence[str],
     limit: int,
-) -> list[Any]:
+) -> list[Claimed]:
     """Lock up to ``limit`` due pending tasks, best first, that the agents here could take: every capability
     offered, a model present, a permitted agent present. (Filtering here, not after, keeps tasks that only
     other replicas can serve from crowding out the ones this replica can.) Rows carry the columns routing
     and the `assign` frame need."""
-    query = (
-        select(*_CLAIM_COLUMNS)
-        .where(
-            _tasks.c.status == TaskStatus.PENDING.value,
-            _tasks.c.available_at <= func.now(),
-            _tasks.c.required_capabilities.contained_by(list(capabilities)),
-            or_(_tasks.c.model.is_(None), _tasks.c.model.in_(list(models))),
-            or_(_tasks.c.agent_ids.is_(None), _tasks.c.agent_ids.overlap(list(agent_ids))),
-        )
-        .order_by(_tasks.c.priority.desc(), _tasks.c.available_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return list((await session.execute(query)).all())
+    rows = await db.fetch(_CLAIM, list(capabilities), list(models), list(agent_ids), limit)
+    return [Claimed(*row) for row in rows]
 
 
-async def lease(
-    session: AsyncSession, plans: Sequence[tuple[Any, str, str]], *, replica_id: str
-) -> list[Lease]:
+async def lease(db: raw.Driver, plans: Sequence[tuple[Claimed, str, str]], *, replica_id: str) -> list[Lease]:
     """Assign each claimed (locked) task to its chosen agent (id, model) with a lease of its timeout."""
     if not plans:
         return []
-    now = await db_now(session)
-    leases = []
-    for task, agent_id, model in plans:
-        transition(TaskStatus.PENDING, Ev.ASSIGN)  # the table's word, not ours, that this move is legal
-        leases.append(
-            Lease(
-                task_id=task.id, task_type=task.type, payload=task.payload, timeout=task.timeout,
-                attempt=task.attempt + 1, available_at=task.available_at, assignment_id=uuid.uuid4(),
-                agent_id=agent_id, model=model, assigned_at=now,
-                deadline=now + timedelta(seconds=task.timeout),
-            )
-        )  # fmt: skip
-    await session.execute(
-        _INSERT_ASSIGNMENTS,
-        [
-            {"id": one.assignment_id, "task_id": one.task_id, "agent_id": one.agent_id, "model": one.model,
-             "replica_id": replica_id, "attempt": one.attempt, "status": "assigned", "assigned_at": now}
-            for one in leases
-        ],
-    )  # fmt: skip
-    await session.execute(
-        _LEASE_TASKS,
-        [
-            {"task": one.task_id, "attempt": one.attempt, "agent": one.agent_id,
-             "assignment": one.assignment_id,
-             "now": now, "deadline": one.deadline}
-            for one in leases
-        ],
-    )  # fmt: skip
-    await session.execute(
-        _INSERT_EVENTS,
-        [
-            {"task_id": one.task_id, "kind": "transition", "from_status": "pending", "to_status": "assigned",
-             "reason": "assigned", "data": {"agent_id": one.agent_id, "attempt": one.attempt}, "at": now}
-            for one in leases
-        ],
-    )  # fmt: skip
-    return leases
+    transition(TaskStatus.PENDING, Ev.ASSIGN)  # the table's word, not ours, that this move is legal
+    assignment_ids = [uuid.uuid4() for _ in plans]
+    row = await db.fetchrow(
+        _LEASE,
+        [task.id for task, _, _ in plans],
+        assignment_ids,
+        [agent_id for _, agent_id, _ in plans],
+        [model for _, _, model in plans],
+        [task.attempt + 1 for task, _, _ in plans],
+        [task.timeout for task, _, _ in plans],
+        replica_id,
+    )
+    now: datetime = row["now"]
+    leased = set(row["ids"] or ())
+    return [
+        Lease(
+            task_id=task.id, task_type=task.type, payload=task.payload, timeout=task.timeout,
+            attempt=task.attempt + 1, available_at=task.available_at, assignment_id=assignment_id,
+            agent_id=agent_id, model=model, assigned_at=now, deadline=now + timedelta(seconds=task.timeout),
+        )
+        for (task, agent_id, model), assignment_id in zip(plans, assignment_ids, strict=True)
+        if task.id in leased
+    ]  # fmt: skip
 
 
 def _unknown(assignment_id: uuid.UUID) -> Outcome:

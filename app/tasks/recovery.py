@@ -14,12 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.models import Assignment
 from app.tasks.lifecycle import OPEN_ASSIGNMENT, back_to_queue, finish
 from app.tasks.rows import TaskRow
-from app.tasks.service import notify
 from app.tasks.states import TaskEvent as Ev
 from app.tasks.states import TaskStatus, transition
 from app.tasks.work import Finished, Outcome, Work
 
 BATCH = 500
+_LAPSED = f"""{TaskRow.select()} WHERE status = ANY($1::text[]) AND lease_expires_at < $2
+ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED"""
+_OVERDUE = f"""{TaskRow.select()} WHERE status = 'pending' AND expires_at < $1
+ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"""
 
 
 async def requeue_open_assignments(
@@ -93,28 +96,15 @@ async def reap(session: AsyncSession, *, limit: int = BATCH) -> Outcome:
     work = await Work.begin(session)
     now = work.now
     outcome = Outcome()
-    tasks = TaskRow.table
-    lapsed = await work.lock_tasks(
-        TaskRow.select()
-        .where(tasks.c.status.in_(OPEN_ASSIGNMENT), tasks.c.lease_expires_at < now)
-        .order_by(tasks.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
+    lapsed = await work.lock_tasks(_LAPSED, list(OPEN_ASSIGNMENT), now, limit)
     await work.lock([task.assignment_id for task in lapsed if task.assignment_id is not None])
     for task in lapsed:
         previous, agent_id, assignment_id = task.status, task.agent_id or "", task.assignment_id
         assignment = work.assignments.get(assignment_id) if assignment_id else None
         if assignment is not None and assignment.status in OPEN_ASSIGNMENT:
             assignment.status, assignment.finished_at, assignment.reason = "timed_out", now, "lease lapsed"
-            await notify(
-                session,
-                {
-                    "k": "cancel",
-                    "agent": agent_id,
-                    "assignment": str(assignment_id),
-                    "reason": "lease lapsed",
-                },
+            work.notify(
+                {"k": "cancel", "agent": agent_id, "assignment": str(assignment_id), "reason": "lease lapsed"}
             )
         if task.attempt < task.max_attempts:
             task.status = transition(previous, Ev.RETRY).value
@@ -140,13 +130,7 @@ async def reap(session: AsyncSession, *, limit: int = BATCH) -> Outcome:
                 in_session=task.session_id is not None,
             )
         )
-    overdue = await work.lock_tasks(
-        TaskRow.select()
-        .where(tasks.c.status == TaskStatus.PENDING.value, tasks.c.expires_at < now)
-        .order_by(tasks.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
+    overdue = await work.lock_tasks(_OVERDUE, now, limit)
     for task in overdue:
         previous = task.status
         task.status = transition(previous, Ev.TIME_OUT).value

@@ -1,8 +1,8 @@
 """Tasks and assignments as the hot paths hold them: plain rows that remember what was assigned to them.
 
 Loading ORM objects and flushing them through the unit of work was over half the server's CPU under load.
-These rows are read with one Core SELECT per table and written back with one executemany UPDATE per set
-of changed columns, both compiled once.
+These rows are read with one SELECT per table and written back with one ``UPDATE ... FROM unnest(...)`` per
+set of changed columns, on asyncpg directly (app.db.raw).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar, cast
 
-from sqlalchemy import ColumnElement, Select, Table, Update, bindparam, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table
 
+from app.db import raw
 from app.db.models import Assignment, Task
 
 
@@ -23,9 +23,10 @@ class TrackedRow:
 
     table: ClassVar[Table]
     loaded: ClassVar[tuple[str, ...]]
-    _statements: ClassVar[dict[tuple[str, ...], Update]]
+    extra: ClassVar[str] = ""  # more expressions for the SELECT list
+    _statements: ClassVar[dict[tuple[str, ...], str]]
 
-    def __init__(self, values: dict[str, Any]) -> None:
+    def __init__(self, values: Any) -> None:
         object.__setattr__(self, "changes", {})
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -37,40 +38,29 @@ class TrackedRow:
     changes: dict[str, Any]
 
     @classmethod
-    def columns(cls) -> list[ColumnElement[Any]]:
-        return [cls.table.c[name] for name in cls.loaded]
+    def select(cls) -> str:
+        """``SELECT <loaded columns> FROM <table>``: add WHERE, ORDER BY and FOR UPDATE to taste."""
+        return f"SELECT {', '.join(cls.loaded)}{cls.extra} FROM {cls.table.name}"
 
     @classmethod
-    def select(cls) -> Select[Any]:
-        return select(*cls.columns())
-
-    @classmethod
-    def _update(cls, names: tuple[str, ...]) -> Update:
+    def _update(cls, names: tuple[str, ...]) -> str:
         statement = cls._statements.get(names)
         if statement is None:
-            table = cls.table
-            statement = (
-                update(table)
-                .where(table.c.id == bindparam("row_id", type_=table.c.id.type))
-                .values({name: bindparam(f"v_{name}", type_=table.c[name].type) for name in names})
-            )
-            cls._statements[names] = statement
+            statement = cls._statements[names] = raw.update_from_unnest(cls.table, "id", names)
         return statement
 
     @classmethod
-    async def write(cls, session: AsyncSession, rows: Sequence[TrackedRow]) -> None:
-        """One executemany per distinct set of changed columns, rows in id order."""
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for row in sorted(rows, key=lambda r: r.id):
+    async def write(cls, db: raw.Driver, rows: Sequence[TrackedRow]) -> None:
+        """One UPDATE per distinct set of changed columns."""
+        groups: dict[tuple[str, ...], list[list[Any]]] = {}
+        for row in rows:
             if not row.changes:
                 continue
             names = tuple(sorted(row.changes))
-            params = {f"v_{name}": row.changes[name] for name in names}
-            params["row_id"] = row.id
-            groups.setdefault(names, []).append(params)
+            groups.setdefault(names, []).append([row.id, *(row.changes[name] for name in names)])
             row.changes.clear()
         for names, batch in groups.items():
-            await session.execute(cls._update(names), batch)
+            await db.execute(cls._update(names), *raw.columns_of(cls.table, ("id", *names), batch))
 
     id: uuid.UUID
 
@@ -109,6 +99,7 @@ class TaskRow(TrackedRow):
 class AssignmentRow(TrackedRow):
     table = cast(Table, Assignment.__table__)
     loaded = ("id", "task_id", "agent_id", "status", "assigned_at", "started_at")
+    extra = ", (output IS NULL AND error IS NULL) AS blank"
     _statements = {}
 
     task_id: uuid.UUID
@@ -126,9 +117,3 @@ class AssignmentRow(TrackedRow):
     output: Any
     error: dict[str, Any] | None
     reason: str | None
-
-    @classmethod
-    def select(cls) -> Select[Any]:
-        table = cls.table
-        blank = (table.c.output.is_(None) & table.c.error.is_(None)).label("blank")
-        return select(*cls.columns(), blank)

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, func, select, update
-from sqlalchemy.dialects.postgresql import insert
+import orjson
+from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import raw
 from app.db.models import Agent, TaskEvent
 from app.tasks.rows import AssignmentRow, TaskRow
-from app.tasks.service import notify
+from app.tasks.service import BUS_CHANNEL
 
 
 @dataclass
@@ -61,20 +62,27 @@ class AgentTally:
 
 
 _agents = cast(Table, Agent.__table__)
-_done = _agents.c.tasks_completed + _agents.c.tasks_failed
-# A plain executemany (Core, not ORM bulk): a batch's agent counters in one round trip.
-_TALLY = (
-    update(_agents)
-    .where(_agents.c.id == bindparam("agent"))
-    .values(
-        tasks_completed=_agents.c.tasks_completed + bindparam("ok"),
-        tasks_failed=_agents.c.tasks_failed + bindparam("bad"),
-        avg_latency_ms=(_agents.c.avg_latency_ms * _done + bindparam("ms"))
-        / (_done + bindparam("ok") + bindparam("bad")),
-        tokens_processed=_agents.c.tokens_processed + bindparam("tokens"),
-        cost_incurred=_agents.c.cost_incurred + bindparam("cost"),
-    )
-)
+_events = cast(Table, TaskEvent.__table__)
+_EVENT_COLUMNS = ("task_id", "kind", "from_status", "to_status", "reason", "data")
+_INSERT_EVENTS = raw.insert_from_unnest(_events, _EVENT_COLUMNS)
+# A batch's tallies travel in the counters' own columns (and types); `avg_latency_ms` carries the batch's
+# summed latency, which the UPDATE folds into the running average.
+_TALLY_COLUMNS = (
+    "id", "tasks_completed", "tasks_failed", "avg_latency_ms", "tokens_processed", "cost_incurred",
+)  # fmt: skip
+# The agents' rows are locked in id order first (the lock order), then updated from the batch's tallies.
+_LOCK_AGENTS = "SELECT 1 FROM agents WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+_TALLY = f"""UPDATE agents AS t SET
+    tasks_completed = t.tasks_completed + v.tasks_completed,
+    tasks_failed = t.tasks_failed + v.tasks_failed,
+    avg_latency_ms = (t.avg_latency_ms * (t.tasks_completed + t.tasks_failed) + v.avg_latency_ms)
+        / (t.tasks_completed + t.tasks_failed + v.tasks_completed + v.tasks_failed),
+    tokens_processed = t.tokens_processed + v.tokens_processed,
+    cost_incurred = t.cost_incurred + v.cost_incurred
+FROM {raw.unnest(_agents, _TALLY_COLUMNS)} WHERE t.id = v.id"""
+_LOCK_TASKS_OF = f"""{TaskRow.select()}
+WHERE id IN (SELECT task_id FROM assignments WHERE id = ANY($1::uuid[])) ORDER BY id FOR UPDATE"""
+_LOCK_ASSIGNMENTS = f"{AssignmentRow.select()} WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
 
 
 async def db_now(session: AsyncSession) -> datetime:
@@ -84,26 +92,32 @@ async def db_now(session: AsyncSession) -> datetime:
     return now
 
 
-_INSERT_EVENTS = insert(cast(Table, TaskEvent.__table__))
-
-
 class Work:
-    def __init__(self, session: AsyncSession, now: datetime) -> None:
-        self.session = session
+    def __init__(self, db: raw.Driver, now: datetime) -> None:
+        self.db = db
         self.now = now
         self.tasks: dict[uuid.UUID, TaskRow] = {}
         self.assignments: dict[uuid.UUID, AssignmentRow] = {}
-        self.events: list[dict[str, Any]] = []
+        self.events: list[tuple[Any, ...]] = []
         self.tallies: dict[str, AgentTally] = {}
+        self.notifications: list[dict[str, Any]] = []
         self.wake = False
 
     @classmethod
     async def begin(cls, session: AsyncSession) -> Work:
-        return cls(session, await db_now(session))
+        """A unit of work inside a session's transaction (the cold paths: recovery, the reaper)."""
+        now = await db_now(session)
+        return cls(await raw.driver_of(session), now)
 
-    async def lock_tasks(self, query: Select[Any]) -> list[TaskRow]:
-        """Load (and, as the query says, lock) tasks selected by a query over TaskRow.select()."""
-        rows = [TaskRow(dict(row._mapping)) for row in await self.session.execute(query)]
+    @classmethod
+    async def begin_raw(cls, db: raw.Driver) -> Work:
+        """A unit of work inside a transaction of app.db.raw (the frame batcher)."""
+        now: datetime = await db.fetchval("SELECT now()")
+        return cls(db, now)
+
+    async def lock_tasks(self, query: str, *args: Any) -> list[TaskRow]:
+        """Load (and, as the query says, lock) tasks selected by a query that extends TaskRow.select()."""
+        rows = [TaskRow(record) for record in await self.db.fetch(query, *args)]
         self.tasks.update({row.id: row for row in rows})
         return rows
 
@@ -112,23 +126,11 @@ class Work:
         ids = sorted(set(assignment_ids) - set(self.assignments))
         if not ids:
             return
-        assignments = AssignmentRow.table
-        task_ids = set(
-            await self.session.scalars(select(assignments.c.task_id).where(assignments.c.id.in_(ids)))
-        )
-        missing = sorted(task_ids - set(self.tasks))
-        if missing:
-            tasks = TaskRow.table
-            await self.lock_tasks(
-                TaskRow.select().where(tasks.c.id.in_(missing)).order_by(tasks.c.id).with_for_update()
-            )
-        rows = await self.session.execute(
-            AssignmentRow.select()
-            .where(assignments.c.id.in_(ids))
-            .order_by(assignments.c.id)
-            .with_for_update()
-        )
-        self.assignments.update({row.id: AssignmentRow(dict(row._mapping)) for row in rows})
+        for record in await self.db.fetch(_LOCK_TASKS_OF, ids):
+            if record["id"] not in self.tasks:  # a row loaded earlier may carry changes already
+                self.tasks[record["id"]] = TaskRow(record)
+        for record in await self.db.fetch(_LOCK_ASSIGNMENTS, ids):
+            self.assignments[record["id"]] = AssignmentRow(record)
 
     def owned(self, agent_id: str, assignment_id: uuid.UUID) -> AssignmentRow | None:
         """The agent's own assignment, locked; None for an unknown id or another agent's (agents cannot act
@@ -144,22 +146,14 @@ class Work:
         return task
 
     def event(self, task: TaskRow, previous: str, reason: str, data: dict[str, Any] | None = None) -> None:
-        self.events.append(
-            {
-                "task_id": task.id,
-                "kind": "transition",
-                "from_status": previous,
-                "to_status": task.status,
-                "reason": reason,
-                "data": data,
-            }
-        )
+        self.events.append((task.id, "transition", previous, task.status, reason, data))
 
     def progress_event(self, task_id: uuid.UUID, data: dict[str, Any]) -> None:
-        self.events.append(
-            {"task_id": task_id, "kind": "progress", "from_status": None, "to_status": None, "reason": None,
-             "data": data}
-        )  # fmt: skip
+        self.events.append((task_id, "progress", None, None, None, data))
+
+    def notify(self, message: dict[str, Any]) -> None:
+        """NOTIFY the other replicas when (and if) this transaction commits."""
+        self.notifications.append(message)
 
     def tally(self, agent_id: str, *, succeeded: bool, latency_ms: float, tokens: int, cost: float) -> None:
         tally = self.tallies.setdefault(agent_id, AgentTally())
@@ -170,21 +164,21 @@ class Work:
         tally.cost += cost
 
     async def flush(self) -> None:
-        session = self.session
-        await TaskRow.write(session, list(self.tasks.values()))
-        await AssignmentRow.write(session, list(self.assignments.values()))
+        db = self.db
+        await TaskRow.write(db, list(self.tasks.values()))
+        await AssignmentRow.write(db, list(self.assignments.values()))
         if self.events:
-            await session.execute(_INSERT_EVENTS, self.events)
+            await db.execute(_INSERT_EVENTS, *raw.columns_of(_events, _EVENT_COLUMNS, self.events))
             self.events = []
         if self.tallies:
-            # One executemany for every agent in the batch, in id order (the lock order).
-            rows = [
-                {"agent": agent, "ok": t.completed, "bad": t.failed, "ms": t.latency_ms, "tokens": t.tokens,
-                 "cost": t.cost}
-                for agent, t in sorted(self.tallies.items())
-            ]  # fmt: skip
-            await session.execute(_TALLY, rows)
-        self.tallies = {}
+            tallies = sorted(self.tallies.items())
+            await db.execute(_LOCK_AGENTS, [agent for agent, _ in tallies])
+            rows = [(agent, t.completed, t.failed, t.latency_ms, t.tokens, t.cost) for agent, t in tallies]
+            await db.execute(_TALLY, *raw.columns_of(_agents, _TALLY_COLUMNS, rows))
+            self.tallies = {}
         if self.wake:
-            await notify(session, {"k": "work"})
+            self.notifications.append({"k": "work"})
             self.wake = False
+        for message in self.notifications:
+            await db.execute("SELECT pg_notify($1, $2)", BUS_CHANNEL, orjson.dumps(message).decode())
+        self.notifications = []

@@ -152,6 +152,7 @@ def assign(task_type: str = "echo", payload: dict[str, Any] | None = None) -> As
 
 def make_agent(server: FakeServer, **kwargs: Any) -> Agent:
     kwargs.setdefault("capabilities", ["echo"])
+    kwargs.setdefault("accept_after", 0.0)  # accept at once, as most tests expect; deferral is tested below
     agent = Agent(url=server.url, key=KEY, model="gpt-4", **kwargs)
 
     @agent.handler("echo")
@@ -216,6 +217,48 @@ async def test_async_handler_sends_accept_progress_then_result_with_usage(server
     assert result.status == "succeeded"
     assert result.output == {"doubled": 42, "attempt": 1}
     assert result.usage == Usage(input_tokens=11, output_tokens=20, cost=0.01)
+
+
+async def test_a_quick_handler_sends_its_result_without_an_accept(server: FakeServer) -> None:
+    agent = make_agent(server, accept_after=5.0)
+
+    @agent.handler("quick")
+    async def quick(ctx: TaskContext) -> dict[str, Any]:
+        return {"n": ctx.payload["n"]}
+
+    async with running(agent):
+        conn = await server.next_connection()
+        await conn.register()
+        frame = assign("quick", {"n": 1})
+        await conn.send(frame)
+        result = await conn.expect(Result)  # no Accept before it
+        await asyncio.sleep(0.1)
+        await conn.round_trip()  # and none after it: the pong is the next frame
+    assert (result.assignment_id, result.output) == (frame.assignment_id, {"n": 1})
+
+
+async def test_a_slow_handler_sends_accept_once_it_has_run_for_accept_after(server: FakeServer) -> None:
+    agent = make_agent(server, accept_after=0.05)
+    release = asyncio.Event()
+
+    @agent.handler("slow")
+    async def slow(ctx: TaskContext) -> dict[str, Any]:
+        await release.wait()
+        return {}
+
+    async with running(agent):
+        conn = await server.next_connection()
+        await conn.register()
+        frame = assign("slow")
+        await conn.send(frame)
+        assert (await conn.expect(Accept)).assignment_id == frame.assignment_id
+        release.set()
+        assert (await conn.expect(Result)).assignment_id == frame.assignment_id
+
+
+def test_a_negative_accept_after_is_refused() -> None:
+    with pytest.raises(ValueError, match="accept_after"):
+        Agent(url="ws://127.0.0.1:1/ws/agents", key=KEY, model="gpt-4", accept_after=-1)
 
 
 async def test_sync_handler_runs_in_a_thread_and_reports_progress(server: FakeServer) -> None:

@@ -1,0 +1,101 @@
+"""asyncpg itself, under SQLAlchemy's pool, for the few statements every task passes through.
+
+The dispatcher's claim and lease and the frame batcher's reads and writes run once per task (or per batch of
+tasks). Through SQLAlchemy each costs statement set-up, per-row parameter processing and result wrapping,
+and an executemany is one statement per row for Postgres; together that was most of the server's CPU under
+load. Here those paths talk to asyncpg directly: set-based statements (``UPDATE ... FROM unnest(...)``, one
+per table per batch) whose text is fixed, so asyncpg prepares each once per connection. Everything else stays
+on the ORM. Connections come from, and go back to, the engine's pool; JSONB values cross as JSON text (the
+codec SQLAlchemy installs on every connection) and come back decoded.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
+
+import asyncpg
+import orjson
+from sqlalchemy import Column, Table
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+Driver: TypeAlias = asyncpg.Connection
+
+_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+@asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[Driver]:
+    """A pooled connection in a transaction of its own: committed on exit, rolled back on error."""
+    async with engine.connect() as connection:
+        driver: Driver = (await connection.get_raw_connection()).driver_connection
+        try:
+            async with driver.transaction():
+                yield driver
+        except BaseException:
+            if driver.is_closed():
+                await connection.invalidate()  # the pool must not hand out a dead connection again
+            raise
+
+
+async def driver_of(session: AsyncSession) -> Driver:
+    """The asyncpg connection under a session, inside the session's transaction. The session must have run a
+    statement already: SQLAlchemy sends BEGIN with its first one."""
+    connection = await session.connection()
+    driver: Driver = (await connection.get_raw_connection()).driver_connection
+    return driver
+
+
+def json_text(value: Any) -> str | None:
+    """A JSONB parameter: JSON text, or SQL NULL for None."""
+    return None if value is None else orjson.dumps(value).decode()
+
+
+@functools.cache
+def pg_type(column: Column[Any]) -> str:
+    return str(column.type.compile(dialect=_DIALECT))
+
+
+def is_json(column: Column[Any]) -> bool:
+    return pg_type(column) in {"JSON", "JSONB"}
+
+
+def unnest(table: Table, names: Sequence[str], *, first: int = 1) -> str:
+    """``unnest($1::type[], ...) WITH ORDINALITY AS v(name, ..., ord)``: one array parameter per column."""
+    arrays = []
+    for offset, name in enumerate(names):
+        column = table.c[name]
+        if pg_type(column).endswith("]"):
+            raise ValueError(f"{table.name}.{name} is an array column: unnest would flatten it")
+        arrays.append(f"${first + offset}::{pg_type(column)}[]")
+    return f"unnest({', '.join(arrays)}) WITH ORDINALITY AS v({', '.join(names)}, ord)"
+
+
+def columns_of(table: Table, names: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
+    """Rows (values in ``names`` order) as one list per column, JSON columns encoded."""
+    columns: list[list[Any]] = [[] for _ in names]
+    for row in rows:
+        for values, value in zip(columns, row, strict=True):
+            values.append(value)
+    for index, name in enumerate(names):
+        if is_json(table.c[name]):
+            columns[index] = [json_text(value) for value in columns[index]]
+    return columns
+
+
+def update_from_unnest(table: Table, key: str, names: Sequence[str]) -> str:
+    """One UPDATE for many rows: ``$1`` the keys, ``$2...`` the new values of ``names``, one array each."""
+    assignments = ", ".join(f"{name} = v.{name}" for name in names)
+    return (
+        f"UPDATE {table.name} AS t SET {assignments} FROM {unnest(table, [key, *names])} "
+        f"WHERE t.{key} = v.{key}"
+    )
+
+
+def insert_from_unnest(table: Table, names: Sequence[str]) -> str:
+    """One INSERT for many rows, in the order given (serial ids follow it)."""
+    listed = ", ".join(names)
+    return f"INSERT INTO {table.name} ({listed}) SELECT {listed} FROM {unnest(table, names)} ORDER BY ord"
