@@ -45,7 +45,7 @@ class LocalAgent:
 
 class Fleet:
     """Implements the gateway's FleetListener. Open leases are tracked by assignment id, so a repeated
-    end-of-assignment signal never frees capacity twice."""
+    end-of-assignment signal (the answer's arrival, then its commit) never frees capacity twice."""
 
     def __init__(self) -> None:
         self.agents: dict[str, LocalAgent] = {}
@@ -80,12 +80,17 @@ class Fleet:
             agent = self.agents.get(item.agent_id)
             if agent is None or item.assignment_id is None:
                 continue
-            if item.assignment_id in agent.open:
-                agent.open.discard(item.assignment_id)
-                if item.status == "succeeded":
-                    agent.completed += 1
-                elif item.status == "failed" or (item.retried and item.executed):
-                    agent.failed += 1
+            agent.open.discard(item.assignment_id)
+            # An assignment ends once in the record (Finished is emitted by the transaction that closed it),
+            # so these counts do not depend on whether the slot was released earlier.
+            if item.status == "succeeded":
+                agent.completed += 1
+            elif item.status == "failed" or (item.retried and item.executed):
+                agent.failed += 1
+
+    def assignment_released(self, agent_id: str, assignment_id: uuid.UUID) -> None:
+        """The agent answered (result or refusal): its slot is free before the answer is committed."""
+        self.assignment_ended(agent_id, assignment_id)
 
     def assignment_ended(self, agent_id: str, assignment_id: uuid.UUID) -> None:
         agent = self.agents.get(agent_id)

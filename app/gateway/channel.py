@@ -48,7 +48,14 @@ class AgentChannel:
     async def handle(self, frame: Any) -> None:
         if isinstance(frame, Pong):
             self.connection.pong(frame.nonce)
-        elif isinstance(frame, Result | Accept | Progress | Reject):
+        elif isinstance(frame, Result | Reject):
+            # The agent's slot is free the moment it answers: the dispatcher may fill it while the answer is
+            # being committed (should the commit fail, the agent refuses an assign beyond its capacity, and
+            # the fleet's periodic resync puts the count right).
+            self.effects.fleet.assignment_released(self.connection.agent_id, frame.assignment_id)
+            self.effects.signals.work_available()
+            await self.batcher.put(self.connection, frame)
+        elif isinstance(frame, Accept | Progress):
             await self.batcher.put(self.connection, frame)
         elif isinstance(frame, Drain):
             await self._drain()

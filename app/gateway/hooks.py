@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -17,3 +18,5 @@ class FleetListener(Protocol):
     def agent_status(self, agent_id: str, status: str) -> None: ...
 
     def assignments_ended(self, finished: Sequence[Finished]) -> None: ...
+
+    def assignment_released(self, agent_id: str, assignment_id: uuid.UUID) -> None: ...
