@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.collab.strategies import FinishedSubtask, SessionSpec, SubtaskSpec, get_strategy
 from app.config import Settings
+from app.db import raw
 from app.db.models import CollabSession, SessionEvent, Task
 from app.errors import AppError, InvalidInput
 from app.metrics import Metrics
@@ -168,8 +169,13 @@ async def _submit(
             )
             for spec in specs
         ]
+        await session.flush()  # the session's row first: its subtasks refer to it
         created = await insert_tasks(
-            session, settings, creates, session_id=row.id, session_keys=[spec.key for spec in specs]
+            await raw.driver_of(session),
+            settings,
+            creates,
+            session_id=row.id,
+            session_keys=[spec.key for spec in specs],
         )
     except (ValidationError, AppError) as exc:
         message = exc.detail if isinstance(exc, AppError) else _first_error(exc)

@@ -46,12 +46,16 @@ async def driver_of(session: AsyncSession) -> Driver:
     statement already: SQLAlchemy sends BEGIN with its first one."""
     connection = await session.connection()
     driver: Driver = (await connection.get_raw_connection()).driver_connection
+    if not driver.is_in_transaction():
+        raise RuntimeError(
+            "driver_of() before the session's first statement: it would run outside its transaction"
+        )
     return driver
 
 
 def json_text(value: Any) -> str | None:
     """A JSONB parameter: JSON text, or SQL NULL for None."""
-    return None if value is None else orjson.dumps(value).decode()
+    return None if value is None else orjson.dumps(value, default=str).decode()
 
 
 @functools.cache

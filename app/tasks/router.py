@@ -6,7 +6,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from sse_starlette.sse import EventSourceResponse
 
+from app.db.session import engine_of
 from app.deps import ClientDep, MakerDep, SessionDep, SettingsDep, SignalsDep
+from app.responses import json_response
 from app.sse import resume_after
 from app.tasks import service, watch
 from app.tasks.schemas import (
@@ -25,28 +27,25 @@ router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TaskOut)
 async def submit_task(
-    body: TaskCreate,
-    response: Response,
-    session: SessionDep,
-    settings: SettingsDep,
-    signals: SignalsDep,
-    _: ClientDep,
-) -> TaskOut:
-    task, created = await service.submit(session, settings, body)
+    body: TaskCreate, maker: MakerDep, settings: SettingsDep, signals: SignalsDep, _: ClientDep
+) -> Response:
+    task, created = await service.submit(engine_of(maker), settings, body)
     signals.work_available()  # this replica's dispatcher at once; the NOTIFY tells the others
-    if not created:
-        response.status_code = status.HTTP_200_OK  # the same idempotency key: the same task
-    response.headers["Location"] = f"/api/v1/tasks/{task.id}"
-    return service.to_out(task)
+    return json_response(
+        task,
+        # The same idempotency key: the same task, 200.
+        status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        headers={"Location": f"/api/v1/tasks/{task.id}"},
+    )
 
 
 @router.post(":batch", status_code=status.HTTP_201_CREATED, response_model=TaskBatchOut)
 async def submit_batch(
-    body: TaskBatchCreate, session: SessionDep, settings: SettingsDep, signals: SignalsDep, _: ClientDep
-) -> TaskBatchOut:
-    tasks = await service.submit_batch(session, settings, body.tasks)
+    body: TaskBatchCreate, maker: MakerDep, settings: SettingsDep, signals: SignalsDep, _: ClientDep
+) -> Response:
+    tasks = await service.submit_batch(engine_of(maker), settings, body.tasks)
     signals.work_available()
-    return TaskBatchOut(tasks=[service.to_out(task) for task in tasks])
+    return json_response(TaskBatchOut(tasks=tasks), status_code=status.HTTP_201_CREATED)
 
 
 @router.get("", response_model=TaskList)

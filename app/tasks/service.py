@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import base64
+import functools
 import uuid
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import and_, func, or_, select, text
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
+from app.db import raw
 from app.db.models import Assignment, Task, TaskEvent
 from app.errors import InvalidInput, TaskConflict, TaskNotFound
 from app.tasks.schemas import TaskCreate, TaskOut, UsageOut
@@ -21,7 +22,6 @@ from app.tasks.states import TERMINAL, TaskStatus, transition
 from app.tasks.states import TaskEvent as Ev
 
 BUS_CHANNEL = "agentplane"
-_INSERT_TASKS = insert(Task).on_conflict_do_nothing().returning(Task)
 _FRAME_OVERHEAD = 4096  # room for the assign frame's other fields around the payload
 
 
@@ -33,11 +33,41 @@ async def notify(session: AsyncSession, message: dict[str, Any]) -> None:
     )
 
 
+_INSERTED = (
+    "id", "type", "required_capabilities", "payload", "priority", "max_attempts", "timeout", "queue_timeout",
+    "model", "strategy", "max_cost", "estimated_tokens", "agent_ids", "idempotency_key", "session_id",
+    "session_key",
+)  # fmt: skip
+_TYPES = (
+    "uuid", "text", "text[]", "jsonb", "int", "int", "float8", "float8", "text", "text", "float8", "int",
+    "text[]", "text", "uuid", "text",
+)  # fmt: skip
+# One statement for a whole submission, whatever its size: the rows travel as one JSON document (so array
+# columns need no special casing), the database's clock stamps them, their "submitted" events go in beside
+# them, and other replicas hear of the work when (and only if) it commits. A row that repeats an idempotency
+# or session key is skipped here and looked up afterwards.
+_INSERT_TASKS = f"""WITH v AS (
+    SELECT * FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS ({", ".join(f"{n} {t}" for n, t in zip(_INSERTED, _TYPES, strict=True))}))
+        WITH ORDINALITY AS v({", ".join(_INSERTED)}, ord)
+), created AS (
+    INSERT INTO tasks ({", ".join(_INSERTED)}, status, attempt, created_at, updated_at, available_at, expires_at)
+    SELECT {", ".join(_INSERTED)}, 'pending', 0, now(), now(), now(), now() + queue_timeout * interval '1 second'
+    FROM v ORDER BY ord
+    ON CONFLICT DO NOTHING
+    RETURNING *
+), events AS (
+    INSERT INTO task_events (task_id, kind, to_status, reason)
+    SELECT id, 'transition', 'pending', 'submitted' FROM created
+), notified AS (
+    SELECT pg_notify($2, $3) FROM (SELECT 1 FROM created LIMIT 1) AS any_created
+)
+SELECT created.* FROM created, (SELECT count(*) FROM notified) AS notify_once"""  # noqa: E501
+
+
 def _row(
     spec: TaskCreate,
     settings: Settings,
     *,
-    now: datetime,
     session_id: uuid.UUID | None,
     session_key: str | None,
 ) -> dict[str, Any]:
@@ -49,22 +79,15 @@ def _row(
             f"(AGENT_MAX_MESSAGE_BYTES less the frame's envelope)",
             errors=[{"field": "payload", "message": f"at most {limit} bytes", "type": "too_large"}],
         )
-    queue_timeout = spec.queue_timeout or settings.queue_timeout
     return {
         "id": uuid.uuid4(),
         "type": spec.type,
         "required_capabilities": spec.capabilities,
         "payload": spec.payload,
         "priority": spec.priority,
-        "status": TaskStatus.PENDING.value,
-        "attempt": 0,
         "max_attempts": spec.max_attempts or settings.max_attempts,
         "timeout": spec.timeout or settings.task_timeout,
-        "queue_timeout": queue_timeout,
-        "created_at": now,
-        "updated_at": now,
-        "available_at": now,
-        "expires_at": now + timedelta(seconds=queue_timeout),
+        "queue_timeout": spec.queue_timeout or settings.queue_timeout,
         "model": spec.model,
         "strategy": spec.strategy,
         "max_cost": spec.max_cost,
@@ -77,63 +100,56 @@ def _row(
 
 
 async def insert_tasks(
-    session: AsyncSession,
+    db: raw.Driver,
     settings: Settings,
     specs: Sequence[TaskCreate],
     *,
     session_id: uuid.UUID | None = None,
     session_keys: Sequence[str] | None = None,
-) -> list[tuple[Task, bool]]:
-    """Insert without committing; returns each task in order, and whether it is new (not a repeat)."""
+) -> list[tuple[TaskOut, bool]]:
+    """Insert in the caller's transaction; each task in order, and whether it is new (not a repeat)."""
     keys = list(session_keys) if session_keys is not None else [None] * len(specs)
-    # Timestamps from the database's clock (leases and timeouts are measured by it), read once.
-    now: datetime | None = await session.scalar(select(func.now()))
-    assert now is not None
     rows = [
-        _row(spec, settings, now=now, session_id=session_id, session_key=key)
+        _row(spec, settings, session_id=session_id, session_key=key)
         for spec, key in zip(specs, keys, strict=True)
     ]
-    # One fixed statement executed for many rows: SQLAlchemy caches its compiled form, which a multi-row
-    # VALUES literal (a new statement per batch size) would not get.
-    created = {task.id: task for task in await session.scalars(_INSERT_TASKS, rows)}
-    if created:
-        await session.execute(
-            insert(TaskEvent),
-            [
-                {"task_id": task_id, "kind": "transition", "to_status": "pending", "reason": "submitted"}
-                for task_id in created
-            ],
-        )
-        await notify(session, {"k": "work"})
+    # default=str: ids read through asyncpg are its own UUID subclass, which orjson does not know.
+    document = orjson.dumps(rows, default=str).decode()
+    message = orjson.dumps({"k": "work"}).decode()
+    records = await db.fetch(_INSERT_TASKS, document, BUS_CHANNEL, message)
+    created = {record["id"]: record for record in records}
     if len(created) == len(rows):
-        return [(created[row["id"]], True) for row in rows]
-    return [await _existing_or_created(session, row, created) for row in rows]
+        return [(out_of_row(created[row["id"]]), True) for row in rows]
+    return [await _existing_or_created(db, row, created) for row in rows]
+
+
+_EXISTING_BY_KEY = "SELECT * FROM tasks WHERE idempotency_key = $1"
+_EXISTING_BY_SESSION_KEY = "SELECT * FROM tasks WHERE session_id = $1 AND session_key = $2"
 
 
 async def _existing_or_created(
-    session: AsyncSession, row: dict[str, Any], created: dict[uuid.UUID, Task]
-) -> tuple[Task, bool]:
+    db: raw.Driver, row: dict[str, Any], created: Mapping[uuid.UUID, Any]
+) -> tuple[TaskOut, bool]:
     if row["id"] in created:
-        return created[row["id"]], True
+        return out_of_row(created[row["id"]]), True
     if row["idempotency_key"] is not None:
-        condition = Task.idempotency_key == row["idempotency_key"]
+        existing = await db.fetchrow(_EXISTING_BY_KEY, row["idempotency_key"])
     else:
-        condition = and_(Task.session_id == row["session_id"], Task.session_key == row["session_key"])
-    existing = await session.scalar(select(Task).where(condition))
+        existing = await db.fetchrow(_EXISTING_BY_SESSION_KEY, row["session_id"], row["session_key"])
     if existing is None:  # the conflicting row vanished between the insert and this read
         raise TaskConflict("the task conflicted with another being written; retry the request")
-    return existing, False
+    return out_of_row(existing), False
 
 
-async def submit(session: AsyncSession, settings: Settings, spec: TaskCreate) -> tuple[Task, bool]:
-    [(task, created)] = await insert_tasks(session, settings, [spec])
-    await session.commit()
+async def submit(engine: AsyncEngine, settings: Settings, spec: TaskCreate) -> tuple[TaskOut, bool]:
+    async with raw.transaction(engine) as db:
+        [(task, created)] = await insert_tasks(db, settings, [spec])
     return task, created
 
 
-async def submit_batch(session: AsyncSession, settings: Settings, specs: Sequence[TaskCreate]) -> list[Task]:
-    results = await insert_tasks(session, settings, specs)
-    await session.commit()
+async def submit_batch(engine: AsyncEngine, settings: Settings, specs: Sequence[TaskCreate]) -> list[TaskOut]:
+    async with raw.transaction(engine) as db:
+        results = await insert_tasks(db, settings, specs)
     return [task for task, _ in results]
 
 
@@ -256,34 +272,45 @@ async def events_after(
 
 
 def to_out(task: Task) -> TaskOut:
+    return _out(functools.partial(getattr, task))
+
+
+def out_of_row(row: Mapping[str, Any]) -> TaskOut:
+    """A task as the API shows it, from a row of `tasks` read without the ORM."""
+    return _out(row.__getitem__)
+
+
+def _out(field: Callable[[str], Any]) -> TaskOut:
     return TaskOut(
-        id=task.id,
-        type=task.type,
-        capabilities=task.required_capabilities,
-        payload=task.payload,
-        priority=task.priority,
-        status=task.status,
-        attempt=task.attempt,
-        max_attempts=task.max_attempts,
-        timeout=task.timeout,
-        queue_timeout=task.queue_timeout,
-        model=task.model,
-        strategy=task.strategy,
-        max_cost=task.max_cost,
-        estimated_tokens=task.estimated_tokens,
-        agent_ids=task.agent_ids,
-        agent_id=task.agent_id,
-        assignment_id=task.assignment_id,
-        result=task.result,
-        error=task.error,
-        usage=UsageOut(input_tokens=task.input_tokens, output_tokens=task.output_tokens, cost=task.cost),
-        idempotency_key=task.idempotency_key,
-        session_id=task.session_id,
-        created_at=task.created_at,
-        updated_at=task.updated_at,
-        available_at=task.available_at,
-        assigned_at=task.assigned_at,
-        lease_expires_at=task.lease_expires_at,
-        expires_at=task.expires_at,
-        finished_at=task.finished_at,
+        id=field("id"),
+        type=field("type"),
+        capabilities=field("required_capabilities"),
+        payload=field("payload"),
+        priority=field("priority"),
+        status=field("status"),
+        attempt=field("attempt"),
+        max_attempts=field("max_attempts"),
+        timeout=field("timeout"),
+        queue_timeout=field("queue_timeout"),
+        model=field("model"),
+        strategy=field("strategy"),
+        max_cost=field("max_cost"),
+        estimated_tokens=field("estimated_tokens"),
+        agent_ids=field("agent_ids"),
+        agent_id=field("agent_id"),
+        assignment_id=field("assignment_id"),
+        result=field("result"),
+        error=field("error"),
+        usage=UsageOut(
+            input_tokens=field("input_tokens"), output_tokens=field("output_tokens"), cost=field("cost")
+        ),
+        idempotency_key=field("idempotency_key"),
+        session_id=field("session_id"),
+        created_at=field("created_at"),
+        updated_at=field("updated_at"),
+        available_at=field("available_at"),
+        assigned_at=field("assigned_at"),
+        lease_expires_at=field("lease_expires_at"),
+        expires_at=field("expires_at"),
+        finished_at=field("finished_at"),
     )
