@@ -13,10 +13,17 @@ from collections import defaultdict
 class Signals:
     def __init__(self) -> None:
         self.work = asyncio.Event()  # pending tasks or free capacity: the dispatcher should look
+        self.work_seq = 0  # counts work_available(): the dispatcher tells new work from freed capacity
         self.sessions = asyncio.Event()  # a task ended: a collaboration session may have a step to take
         self._task_waiters: dict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
 
     def work_available(self) -> None:
+        """Tasks may have become claimable: submitted, requeued, cancelled elsewhere, notified."""
+        self.work_seq += 1
+        self.work.set()
+
+    def capacity_freed(self) -> None:
+        """An agent has room again: worth a claim only if work is known to be waiting."""
         self.work.set()
 
     def task_changed(self, task_id: uuid.UUID) -> None:

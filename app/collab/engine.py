@@ -52,7 +52,7 @@ class Advanced:
         for task_id in self.cancelled:
             signals.task_changed(task_id)
         if self.cancelled:
-            signals.work_available()  # the cancelled subtasks' agents have free slots again
+            signals.capacity_freed()  # the cancelled subtasks' agents have free slots again
         if self.finished_status is not None:
             metrics.sessions_finished.labels(self.strategy, self.finished_status).inc()
 

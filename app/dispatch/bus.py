@@ -99,7 +99,7 @@ class Bus:
             assignment_id = uuid.UUID(message["assignment"])
             if self.hub.send(agent_id, Cancel(assignment_id=assignment_id, reason=message.get("reason", ""))):
                 self.fleet.assignment_ended(agent_id, assignment_id)
-                self.signals.work_available()
+                self.signals.capacity_freed()
         elif kind == "drain":
             self.fleet.agent_status(agent_id, "draining")
             self.hub.send(agent_id, DrainRequest(reason="drained by an operator"))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections import Counter
 from dataclasses import replace
+from typing import NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -28,6 +28,14 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH = 256
 SLOW_TIMER = 1.0  # seconds: look even when nothing woke us (backoffs ending, missed notifications)
+
+
+class Round(NamedTuple):
+    leased: int
+    full: bool  # the claim hit its limit: go again at once
+    # More may be waiting: the claim was full, or an agent with no room was left out of it (tasks only it
+    # can take were not looked for), so freed capacity is worth a claim.
+    backlog: bool
 
 
 class Dispatcher(BackgroundService):
@@ -58,16 +66,29 @@ class Dispatcher(BackgroundService):
         await asyncio.gather(*self._background, return_exceptions=True)
 
     async def run(self) -> None:
-        work = self.effects.signals.work
+        signals = self.effects.signals
+        seen = -1  # signals.work_seq when the last claim began
+        backlog = True  # the last claim filled its limit: more tasks may be waiting
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(work.wait(), SLOW_TIMER)
-            work.clear()
+            timed_out = False
             try:
-                while await self.dispatch_once():
-                    pass
+                await asyncio.wait_for(signals.work.wait(), SLOW_TIMER)
+            except TimeoutError:
+                timed_out = True  # backoffs ending, notifications missed: look anyway
+            signals.work.clear()
+            # Freed capacity alone is no reason to query: only when work is known to be waiting.
+            if not (timed_out or backlog or signals.work_seq != seen):
+                continue
+            try:
+                while True:
+                    seen = signals.work_seq
+                    round_ = await self.dispatch_once()
+                    backlog = round_.backlog
+                    if not (round_.leased and round_.full):
+                        break
             except Exception:
                 logger.exception("dispatch round failed")
+                backlog = True
                 await asyncio.sleep(0.5)
 
     def _requirements(self, task: lifecycle.Claimed) -> TaskRequirements:
@@ -82,28 +103,31 @@ class Dispatcher(BackgroundService):
             strategy=task.strategy,
         )
 
-    async def dispatch_once(self) -> int:
-        """One batch: returns how many tasks were leased (0 when there is nothing to do here)."""
+    async def dispatch_once(self) -> Round:
+        """One batch: claim, route, lease, send."""
         # A socket that is closing stays in the fleet until its cleanup runs; it must not be offered work.
         candidates = [c for c in self.fleet.candidates() if self.hub.is_open(c.agent_id)]
         if not candidates:
-            return 0
+            return Round(0, full=False, backlog=True)
         spare = sum(c.max_concurrency - c.active for c in candidates)
         offered = sorted(set().union(*(c.capabilities for c in candidates)))
+        limit = min(spare, MAX_BATCH)
         async with raw.transaction(self.engine) as db:
             tasks = await lifecycle.claim_pending(
                 db,
                 capabilities=offered,
                 models=sorted({c.model for c in candidates}),
                 agent_ids=[c.agent_id for c in candidates],
-                limit=min(spare, MAX_BATCH),
+                limit=limit,
             )
+            full = len(tasks) >= limit
+            backlog = full or self.fleet.any_full()
             if not tasks:
-                return 0
+                return Round(0, full=False, backlog=backlog)
             plans = self._route(tasks, candidates)
             leased = await lifecycle.lease(db, plans, replica_id=self.settings.replica_id)
         self._send(leased)
-        return len(leased)
+        return Round(len(leased), full=full, backlog=backlog)
 
     def _route(
         self, tasks: list[lifecycle.Claimed], candidates: list[Candidate]

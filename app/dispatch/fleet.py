@@ -122,6 +122,13 @@ class Fleet:
             if agent.status == "active" and len(agent.open) < agent.max_concurrency
         ]
 
+    def any_full(self) -> bool:
+        """Some active agent has no room: tasks only it could take may be waiting unclaimed."""
+        return any(
+            agent.status == "active" and len(agent.open) >= agent.max_concurrency
+            for agent in self.agents.values()
+        )
+
     def utilization(self) -> list[tuple[str, str, float]]:
         return [
             (agent.id, agent.model, min(1.0, len(agent.open) / agent.max_concurrency))

@@ -53,7 +53,7 @@ class AgentChannel:
             # being committed (should the commit fail, the agent refuses an assign beyond its capacity, and
             # the fleet's periodic resync puts the count right).
             self.effects.fleet.assignment_released(self.connection.agent_id, frame.assignment_id)
-            self.effects.signals.work_available()
+            self.effects.signals.capacity_freed()
             await self.batcher.put(self.connection, frame)
         elif isinstance(frame, Accept | Progress):
             await self.batcher.put(self.connection, frame)

@@ -36,6 +36,8 @@ class Effects:
                 metrics.tokens.labels(model, "output").inc(item.output_tokens)
                 metrics.cost.labels(model).inc(item.cost)
         self.fleet.assignments_ended(outcome.finished)
-        self.signals.work_available()
+        self.signals.capacity_freed()
+        if any(item.status == "pending" for item in outcome.finished):
+            self.signals.work_available()  # requeued
         if any(item.in_session for item in outcome.finished):
             self.signals.sessions.set()

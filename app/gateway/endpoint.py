@@ -180,7 +180,7 @@ class Gateway:
             )
         )
         effects.fleet.agent_joined(registered)
-        effects.signals.work_available()
+        effects.signals.work_available()  # tasks only this agent can take may be waiting
         channel = AgentChannel(
             connection, sessionmaker=self.sessionmaker, batcher=self.batcher, effects=self.effects
         )
