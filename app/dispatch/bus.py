@@ -92,7 +92,10 @@ class Bus:
     def handle(self, message: dict[str, Any]) -> None:
         kind = message.get("k")
         if kind == "work":
-            self.signals.work_available()
+            # A replica signals its own dispatcher directly; the echo of its own NOTIFY would be a second,
+            # empty claim per submission.
+            if message.get("r") != self.replica_id:
+                self.signals.work_available()
             return
         agent_id = str(message.get("agent", ""))
         if kind == "cancel":

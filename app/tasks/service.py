@@ -115,7 +115,7 @@ async def insert_tasks(
     ]
     # default=str: ids read through asyncpg are its own UUID subclass, which orjson does not know.
     document = orjson.dumps(rows, default=str).decode()
-    message = orjson.dumps({"k": "work"}).decode()
+    message = orjson.dumps({"k": "work", "r": settings.replica_id}).decode()
     records = await db.fetch(_INSERT_TASKS, document, BUS_CHANNEL, message)
     created = {record["id"]: record for record in records}
     if len(created) == len(rows):
