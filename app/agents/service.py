@@ -186,7 +186,8 @@ async def record_health(
         return [], []
     await session.execute(
         insert(AgentHealthCheck),
-        [{"agent_id": a, "ok": ok, "duration_ms": ms, "error": err} for a, ok, ms, err in checks],
+        # In id order, like every other statement that locks agents (the foreign key takes a key-share lock).
+        [{"agent_id": a, "ok": ok, "duration_ms": ms, "error": err} for a, ok, ms, err in sorted(checks)],
     )
     if prune:  # amortised: the history is trimmed back to 100 every few rounds
         await session.execute(

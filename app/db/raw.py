@@ -35,10 +35,11 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[Driver]:
         try:
             async with driver.transaction():
                 yield driver
-        except BaseException:
-            if driver.is_closed():
-                await connection.invalidate()  # the pool must not hand out a dead connection again
-            raise
+        finally:
+            # SQLAlchemy did not start this transaction, so its reset on return would not end it: a connection
+            # that is dead, or still in a transaction (its ROLLBACK failed or was cancelled), is discarded.
+            if driver.is_closed() or driver.is_in_transaction():
+                await connection.invalidate()
 
 
 async def driver_of(session: AsyncSession) -> Driver:

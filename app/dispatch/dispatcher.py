@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import Counter
@@ -33,8 +34,9 @@ SLOW_TIMER = 1.0  # seconds: look even when nothing woke us (backoffs ending, mi
 class Round(NamedTuple):
     leased: int
     full: bool  # the claim hit its limit: go again at once
-    # More may be waiting: the claim was full, or an agent with no room was left out of it (tasks only it
-    # can take were not looked for), so freed capacity is worth a claim.
+    # More may be waiting: the claim was full, a claimed task found no agent with room, or an agent with no
+    # room was left out of the claim (tasks only it can take were not looked for): freed capacity is worth a
+    # claim.
     backlog: bool
 
 
@@ -67,21 +69,23 @@ class Dispatcher(BackgroundService):
 
     async def run(self) -> None:
         signals = self.effects.signals
+        loop = asyncio.get_running_loop()
         seen = -1  # signals.work_seq when the last claim began
-        backlog = True  # the last claim filled its limit: more tasks may be waiting
+        backlog = True  # more tasks may be waiting than the last round leased
+        last = loop.time()  # when the last claim began
         while True:
-            timed_out = False
-            try:
-                await asyncio.wait_for(signals.work.wait(), SLOW_TIMER)
-            except TimeoutError:
-                timed_out = True  # backoffs ending, notifications missed: look anyway
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(signals.work.wait(), max(0.0, SLOW_TIMER - (loop.time() - last)))
             signals.work.clear()
-            # Freed capacity alone is no reason to query: only when work is known to be waiting.
-            if not (timed_out or backlog or signals.work_seq != seen):
+            # Freed capacity alone is no reason to query, only work known to be waiting. Work can become
+            # claimable without a signal (a backoff or a refusal's cool-down ends, another replica lets go of
+            # a row it claimed), so a claim is due every SLOW_TIMER seconds whatever else wakes us.
+            due = loop.time() - last >= SLOW_TIMER
+            if not (due or backlog or signals.work_seq != seen):
                 continue
             try:
                 while True:
-                    seen = signals.work_seq
+                    seen, last = signals.work_seq, loop.time()
                     round_ = await self.dispatch_once()
                     backlog = round_.backlog
                     if not (round_.leased and round_.full):
@@ -120,13 +124,14 @@ class Dispatcher(BackgroundService):
                 agent_ids=[c.agent_id for c in candidates],
                 limit=limit,
             )
-            full = len(tasks) >= limit
-            backlog = full or self.fleet.any_full()
             if not tasks:
-                return Round(0, full=False, backlog=backlog)
+                return Round(0, full=False, backlog=self.fleet.any_full())
             plans = self._route(tasks, candidates)
             leased = await lifecycle.lease(db, plans, replica_id=self.settings.replica_id)
         self._send(leased)
+        full = len(tasks) >= limit
+        # Claimed but not leased (no agent with room fits it now): it waits for capacity to free up.
+        backlog = full or len(leased) < len(tasks) or self.fleet.any_full()
         return Round(len(leased), full=full, backlog=backlog)
 
     def _route(

@@ -79,6 +79,8 @@ class HealthMonitor(BackgroundService):
         for agent_id in recovered:
             logger.info("agent healthy again", extra={"agent_id": agent_id})
             self.effects.fleet.agent_status(agent_id, "active")
+        if recovered:
+            self.effects.signals.work_available()  # tasks only they can take may be waiting
         if unhealthy:
             async with self.sessionmaker() as session:
                 outcome = await recovery.requeue_open_assignments(

@@ -71,7 +71,9 @@ _TALLY_COLUMNS = (
     "id", "tasks_completed", "tasks_failed", "avg_latency_ms", "tokens_processed", "cost_incurred",
 )  # fmt: skip
 # The agents' rows are locked in id order first (the lock order), then updated from the batch's tallies.
-_LOCK_AGENTS = "SELECT 1 FROM agents WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+# NO KEY UPDATE, as a plain UPDATE would take: FOR UPDATE would also conflict with the key-share locks that
+# inserts referencing agents (health checks) take, in an order of their own.
+_LOCK_AGENTS = "SELECT 1 FROM agents WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE"
 _TALLY = f"""UPDATE agents AS t SET
     tasks_completed = t.tasks_completed + v.tasks_completed,
     tasks_failed = t.tasks_failed + v.tasks_failed,

@@ -212,6 +212,52 @@ async def test_least_loaded_prefers_the_idle_agent(
         await busy.close()
 
 
+async def test_a_task_left_over_by_a_full_agent_goes_out_when_that_agent_answers(
+    server: ServerProcess, agent_key: str, client_key: str
+) -> None:
+    """Two gpu tasks claimed together while the only gpu agent has one slot: the second must follow as soon as
+    that agent answers, even while another agent's results keep arriving (each one a wake-up that frees
+    capacity but brings no new work)."""
+    gpu = await RawAgent.connect(
+        server.ws_url, agent_key, agent_id="left-gpu", capabilities=["left-gpu"], max_concurrency=1
+    )
+    cpu = await RawAgent.connect(
+        server.ws_url, agent_key, agent_id="left-cpu", capabilities=["left-cpu"], max_concurrency=40
+    )
+    try:
+        async with api(server, client_key) as client:
+            cpu_tasks = [{"type": "cpu", "capabilities": ["left-cpu"]}] * 38
+            response = await client.post("/api/v1/tasks:batch", json={"tasks": cpu_tasks})
+            assert response.status_code == 201, response.text
+            # Two cpu slots left: the next claim may take three tasks and finds the two gpu ones, not full.
+            held = [await cpu.expect("assign") for _ in cpu_tasks]
+            response = await client.post(
+                "/api/v1/tasks:batch", json={"tasks": [{"type": "gpu", "capabilities": ["left-gpu"]}] * 2}
+            )
+            first, second = (task["id"] for task in response.json()["tasks"])
+            assign = await gpu.expect("assign")
+            assert assign["task_id"] == first
+
+            async def trickle() -> None:  # results every 100 ms for ~4 s, and no new submissions
+                for one in held:
+                    await cpu.complete(one)
+                    await asyncio.sleep(0.1)
+
+            traffic = asyncio.create_task(trickle())
+            try:
+                await gpu.complete(assign)
+                follow = await gpu.expect("assign", timeout=3)  # well before the trickle ends
+                assert follow["task_id"] == second
+                assert not traffic.done()
+                await gpu.complete(follow)
+            finally:
+                await traffic
+            assert (await wait(client, second))["status"] == "succeeded"
+    finally:
+        await gpu.close()
+        await cpu.close()
+
+
 async def test_a_task_nobody_can_take_waits_pending_then_times_out(
     server: ServerProcess, client_key: str
 ) -> None:
