@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import bindparam, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +33,26 @@ class RegisteredAgent:
     active: int  # open assignments (normally 0: a reconnect requeues the old ones)
     requeued: lifecycle.Outcome
     version: int  # this registration's version of the agents row: a later one supersedes it
+
+
+_PARAMS = ("id", "name", "model", "capabilities", "max_concurrency", "replica_id", "owner_key_id")
+_insert_agent = insert(Agent).values(
+    {name: bindparam(name) for name in _PARAMS}
+    | {"status": "active", "connected_at": func.now(), "last_seen_at": func.now(), "health_failures": 0}
+)
+# One fixed statement (compiled once, like every hot statement): a reconnect refreshes the row, bumps its
+# version and keeps its first owner.
+_UPSERT_AGENT = _insert_agent.on_conflict_do_update(
+    index_elements=[Agent.id],
+    set_={
+        name: _insert_agent.excluded[name]
+        for name in (*_PARAMS[1:-1], "status", "connected_at", "last_seen_at", "health_failures")
+    }
+    | {
+        "version": Agent.version + 1,
+        "owner_key_id": func.coalesce(Agent.owner_key_id, bindparam("owner_key_id")),
+    },
+).returning(Agent)
 
 
 def new_agent_id() -> str:
@@ -62,12 +82,8 @@ async def register(
         "name": frame.name or agent_id,
         "model": frame.model,
         "capabilities": [cap.model_dump() for cap in frame.capabilities],
-        "status": "active",
         "max_concurrency": frame.max_concurrency or default_concurrency,
         "replica_id": replica_id,
-        "connected_at": func.now(),
-        "last_seen_at": func.now(),
-        "health_failures": 0,
         "owner_key_id": key_id,
     }
     existing = (
@@ -83,13 +99,7 @@ async def register(
     requeued = await recovery.requeue_open_assignments(
         session, agent_ids=[agent_id], reason="agent reconnected"
     )
-    insert_agent = insert(Agent).values(values)
-    upsert = insert_agent.on_conflict_do_update(
-        index_elements=[Agent.id],
-        set_={key: insert_agent.excluded[key] for key in values if key not in ("id", "owner_key_id")}
-        | {"version": Agent.version + 1, "owner_key_id": func.coalesce(Agent.owner_key_id, key_id)},
-    ).returning(Agent)
-    agent = (await session.scalars(upsert)).one()
+    agent = (await session.scalars(_UPSERT_AGENT, values)).one()
     await session.execute(delete(AgentCapability).where(AgentCapability.agent_id == agent_id))
     await session.execute(
         insert(AgentCapability),

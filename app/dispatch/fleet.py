@@ -25,6 +25,7 @@ class LocalAgent:
     failed: int = 0
     prior_success_rate: float = 1.0
     open: set[uuid.UUID] = field(default_factory=set)
+    _candidate: Candidate | None = field(default=None, repr=False, compare=False)
 
     @property
     def success_rate(self) -> float:
@@ -32,15 +33,25 @@ class LocalAgent:
         return self.completed / done if done else self.prior_success_rate
 
     def candidate(self) -> Candidate:
-        return Candidate(
-            agent_id=self.id,
-            model=self.model,
-            capabilities=self.capabilities,
-            max_concurrency=self.max_concurrency,
-            active=len(self.open),
-            success_rate=self.success_rate,
-            status=self.status,
-        )
+        """Rebuilt only when what routing looks at has changed: every dispatch round asks for every agent's,
+        and a fleet of thousands joining would otherwise rebuild them all on each join."""
+        active, rate, cached = len(self.open), self.success_rate, self._candidate
+        if (
+            cached is None
+            or cached.active != active
+            or cached.success_rate != rate
+            or cached.status != self.status
+        ):
+            cached = self._candidate = Candidate(
+                agent_id=self.id,
+                model=self.model,
+                capabilities=self.capabilities,
+                max_concurrency=self.max_concurrency,
+                active=active,
+                success_rate=rate,
+                status=self.status,
+            )
+        return cached
 
 
 class Fleet:
