@@ -1,0 +1,85 @@
+"""The dispatcher's in-memory view of its agents: capacity, the cached candidates routing reads, refusals."""
+
+from __future__ import annotations
+
+import uuid
+
+from app.agents.service import RegisteredAgent
+from app.dispatch.fleet import Fleet
+from app.tasks.lifecycle import Finished, Outcome
+
+
+def joined(fleet: Fleet, agent_id: str, *, slots: int = 2, capabilities: tuple[str, ...] = ("code",)) -> None:
+    fleet.agent_joined(
+        RegisteredAgent(
+            id=agent_id,
+            name=agent_id,
+            model="gpt-4",
+            capabilities=frozenset(capabilities),
+            max_concurrency=slots,
+            success_rate=1.0,
+            active=0,
+            requeued=Outcome(),
+            version=1,
+        )
+    )
+
+
+def finished(agent_id: str, assignment_id: uuid.UUID, status: str, **flags: bool) -> Finished:
+    return Finished(uuid.uuid4(), "code", agent_id, status, assignment_id, **flags)
+
+
+def test_a_candidate_follows_leases_releases_and_status() -> None:
+    fleet = Fleet()
+    joined(fleet, "a", slots=2)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    assert [c.active for c in fleet.candidates()] == [0]
+    fleet.leased("a", first)
+    assert [c.active for c in fleet.candidates()] == [1]
+    fleet.leased("a", second)
+    assert fleet.candidates() == []  # no room left
+    assert fleet.any_full()
+    fleet.assignment_released("a", first)
+    assert [c.active for c in fleet.candidates()] == [1]
+    assert not fleet.any_full()
+    fleet.agent_status("a", "draining")
+    assert fleet.candidates() == []
+    assert not fleet.any_full()  # a draining agent takes nothing: it is not waiting for room
+
+
+def test_the_cached_candidate_is_reused_until_something_routing_reads_changes() -> None:
+    fleet = Fleet()
+    joined(fleet, "a")
+    [before] = fleet.candidates()
+    assert fleet.candidates()[0] is before
+    fleet.leased("a", uuid.uuid4())
+    [after] = fleet.candidates()
+    assert after is not before
+    assert after.active == 1
+
+
+def test_release_then_commit_frees_a_slot_once_and_counts_the_outcome_once() -> None:
+    fleet = Fleet()
+    joined(fleet, "a", slots=1)
+    assignment = uuid.uuid4()
+    fleet.leased("a", assignment)
+    fleet.assignment_released("a", assignment)  # the result arrived
+    fleet.leased("a", uuid.uuid4())  # the freed slot is filled at once
+    fleet.assignments_ended([finished("a", assignment, "failed", executed=True)])  # the result committed
+    [agent] = fleet.agents.values()
+    assert len(agent.open) == 1  # the new lease still holds the slot
+    assert (agent.completed, agent.failed) == (0, 1)
+    assert fleet.candidates() == []
+    assert fleet.agents["a"].candidate().success_rate == 0.0
+
+
+def test_a_refusal_keeps_the_task_away_from_that_agent_for_a_while() -> None:
+    fleet = Fleet()
+    joined(fleet, "a")
+    task_id = uuid.uuid4()
+    fleet.assignments_ended(
+        [Finished(task_id, "code", "a", "pending", uuid.uuid4(), retried=True, rejected=True)]
+    )
+    assert fleet.refused_recently(task_id) == {"a"}
+    fleet.assignments_ended([Finished(task_id, "code", "b", "succeeded", uuid.uuid4())])
+    assert fleet.refused_recently(task_id) == set()
