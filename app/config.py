@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     reaper_interval: Duration = Field(
         default=1.0, validation_alias=AliasChoices("AGENTPLANE_REAPER_INTERVAL", "reaper_interval")
     )
-    db_pool_size: int = Field(default=20, ge=1, validation_alias=AliasChoices("AGENTPLANE_DB_POOL_SIZE"))
+    db_pool_size: int = Field(default=10, ge=1, validation_alias=AliasChoices("AGENTPLANE_DB_POOL_SIZE"))
     metrics_refresh: Duration = Field(
         default=5.0, validation_alias=AliasChoices("AGENTPLANE_METRICS_REFRESH", "metrics_refresh")
     )

@@ -42,6 +42,19 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[Driver]:
                 await connection.invalidate()
 
 
+@asynccontextmanager
+async def connection(engine: AsyncEngine) -> AsyncIterator[Driver]:
+    """A pooled connection outside any transaction: each statement commits on its own. For work that is one
+    statement (a statement is atomic by itself), it saves the BEGIN and COMMIT round trips."""
+    async with engine.connect() as pooled:
+        driver: Driver = (await pooled.get_raw_connection()).driver_connection
+        try:
+            yield driver
+        finally:
+            if driver.is_closed() or driver.is_in_transaction():
+                await pooled.invalidate()
+
+
 async def driver_of(session: AsyncSession) -> Driver:
     """The asyncpg connection under a session, inside the session's transaction. The session must have run a
     statement already: SQLAlchemy sends BEGIN with its first one."""

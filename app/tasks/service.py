@@ -142,12 +142,15 @@ async def _existing_or_created(
 
 
 async def submit(engine: AsyncEngine, settings: Settings, spec: TaskCreate) -> tuple[TaskOut, bool]:
-    async with raw.transaction(engine) as db:
+    # One task is one statement (the task, its event and the NOTIFY together), atomic on its own, so it runs
+    # without BEGIN and COMMIT round trips; a repeated key reads the task it repeats, having written nothing.
+    async with raw.connection(engine) as db:
         [(task, created)] = await insert_tasks(db, settings, [spec])
     return task, created
 
 
 async def submit_batch(engine: AsyncEngine, settings: Settings, specs: Sequence[TaskCreate]) -> list[TaskOut]:
+    # A transaction: should a repeated key's task not be found, none of the batch is kept (all or nothing).
     async with raw.transaction(engine) as db:
         results = await insert_tasks(db, settings, specs)
     return [task for task, _ in results]
