@@ -65,7 +65,11 @@ def _spec(capability: str | CapabilitySpec) -> CapabilitySpec:
 
 
 class Agent:
-    """A remote agent: handlers per task type, served over one WebSocket that is re-established on loss."""
+    """A remote agent: handlers per task type, served over one WebSocket that is re-established on loss.
+
+    ``accept_after``: seconds a handler runs before the agent tells the server it has started (`accept`, the
+    task shows `running`); a handler that finishes sooner sends its result alone. 0 accepts at once.
+    """
 
     def __init__(
         self,

@@ -28,7 +28,7 @@ from app.tasks import lifecycle, recovery
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 256
-SLOW_TIMER = 1.0  # seconds: look even when nothing woke us (backoffs ending, missed notifications)
+SLOW_TIMER = 1.0  # seconds: the longest between claims, whatever wakes the dispatcher
 
 
 class Round(NamedTuple):
