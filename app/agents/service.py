@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Agent, AgentCapability, AgentHealthCheck, Assignment
+from app.db.models import Agent, AgentCapability, Assignment
 from app.errors import AgentNotFound, AgentRejected, CloseCode, Conflict
 from app.gateway.protocol import Register
 from app.tasks import lifecycle, recovery
@@ -194,10 +194,23 @@ async def record_health(
     """
     if not checks:
         return [], []
+    ordered = sorted(checks)  # id order, like every other statement that locks agents
+    # Set-based, with arrays as parameters: with ten thousand agents, per-row parameters (the ORM's bulk
+    # insert, an expanding IN) and per-row results held the event loop for seconds each round and made
+    # pings look late.
     await session.execute(
-        insert(AgentHealthCheck),
-        # In id order, like every other statement that locks agents (the foreign key takes a key-share lock).
-        [{"agent_id": a, "ok": ok, "duration_ms": ms, "error": err} for a, ok, ms, err in sorted(checks)],
+        text(
+            "INSERT INTO agent_health_checks (agent_id, ok, duration_ms, error)"
+            " SELECT agent_id, ok, duration_ms, error FROM unnest(CAST(:agents AS text[]),"
+            " CAST(:oks AS boolean[]), CAST(:ms AS double precision[]), CAST(:errors AS text[]))"
+            " WITH ORDINALITY AS v(agent_id, ok, duration_ms, error, ord) ORDER BY ord"
+        ),
+        {
+            "agents": [agent_id for agent_id, *_ in ordered],
+            "oks": [ok for _, ok, _, _ in ordered],
+            "ms": [ms for _, _, ms, _ in ordered],
+            "errors": [error for *_, error in ordered],
+        },
     )
     if prune:  # amortised: the history is trimmed back to 100 every few rounds
         await session.execute(
@@ -207,23 +220,30 @@ async def record_health(
                 " FROM agent_health_checks WHERE agent_id = ANY(:ids)) old"
                 " WHERE h.id = old.id AND old.rn > :keep"
             ),
-            {"ids": [agent_id for agent_id, *_ in checks], "keep": HEALTH_HISTORY},
+            {"ids": [agent_id for agent_id, *_ in ordered], "keep": HEALTH_HISTORY},
         )
-    passed = sorted(agent_id for agent_id, ok, *_ in checks if ok)
-    failed = sorted(agent_id for agent_id, ok, *_ in checks if not ok)
-    # Every agent row locked at once in id order, the order the frame batches lock them in.
+    passed = [agent_id for agent_id, ok, *_ in ordered if ok]
+    failed = [agent_id for agent_id, ok, *_ in ordered if not ok]
+    # Every agent row locked at once in id order, the order the frame batches lock them in. NO KEY UPDATE:
+    # these updates change no key, so inserts that refer to agents (their key-share locks) need not wait.
     await session.execute(
-        select(Agent.id).where(Agent.id.in_(sorted(passed + failed))).order_by(Agent.id).with_for_update()
+        text(
+            "SELECT count(*) FROM (SELECT 1 FROM agents WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE)"
+            " AS locked"
+        ),
+        {"ids": passed + failed},
     )
     recovered = (
         list(
             await session.scalars(
                 text(
-                    "WITH prev AS (SELECT id, status FROM agents WHERE id = ANY(:ids) ORDER BY id FOR UPDATE)"
-                    " UPDATE agents a SET health_failures = 0, last_seen_at = now(),"
+                    "WITH prev AS (SELECT id, status FROM agents WHERE id = ANY(:ids)"
+                    " ORDER BY id FOR NO KEY UPDATE),"
+                    " changed AS (UPDATE agents a SET health_failures = 0, last_seen_at = now(),"
                     " status = CASE WHEN prev.status = 'unhealthy' THEN 'active' ELSE prev.status END"
                     " FROM prev WHERE a.id = prev.id"
-                    " RETURNING CASE WHEN prev.status = 'unhealthy' THEN a.id END"
+                    " RETURNING CASE WHEN prev.status = 'unhealthy' THEN a.id END AS id)"
+                    " SELECT id FROM changed WHERE id IS NOT NULL"
                 ),
                 {"ids": passed},
             )
@@ -236,12 +256,14 @@ async def record_health(
             await session.scalars(
                 text(
                     "WITH prev AS (SELECT id, status, health_failures FROM agents WHERE id = ANY(:ids)"
-                    " ORDER BY id FOR UPDATE)"
-                    " UPDATE agents a SET health_failures = prev.health_failures + 1,"
+                    " ORDER BY id FOR NO KEY UPDATE),"
+                    " changed AS (UPDATE agents a SET health_failures = prev.health_failures + 1,"
                     " status = CASE WHEN prev.health_failures + 1 >= :limit"
                     " AND prev.status IN ('active', 'draining') THEN 'unhealthy' ELSE prev.status END"
                     " FROM prev WHERE a.id = prev.id"
                     " RETURNING CASE WHEN a.status = 'unhealthy' AND prev.status <> 'unhealthy' THEN a.id END"
+                    " AS id)"
+                    " SELECT id FROM changed WHERE id IS NOT NULL"
                 ),
                 {"ids": failed, "limit": UNHEALTHY_AFTER},
             )
@@ -249,7 +271,7 @@ async def record_health(
         if failed
         else []
     )
-    return [a for a in became_unhealthy if a], [a for a in recovered if a]
+    return became_unhealthy, recovered
 
 
 async def open_assignment_counts(session: AsyncSession, agent_ids: Sequence[str]) -> dict[str, int]:
