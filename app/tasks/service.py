@@ -107,7 +107,7 @@ async def insert_tasks(
     session_id: uuid.UUID | None = None,
     session_keys: Sequence[str] | None = None,
 ) -> list[tuple[TaskOut, bool]]:
-    """Insert in the caller's transaction; each task in order, and whether it is new (not a repeat)."""
+    """Insert on the caller's connection (in its transaction, if any); each task in order, and whether new."""
     keys = list(session_keys) if session_keys is not None else [None] * len(specs)
     rows = [
         _row(spec, settings, session_id=session_id, session_key=key)
