@@ -65,6 +65,14 @@ async def burst(
     client: httpx.AsyncClient, total: int, batch: int, inflight: int, deadline: float
 ) -> Submitted:
     """As fast as the API accepts: `inflight` requests outstanding at any time."""
+    return await _workers(client, total, batch, inflight, deadline, wait=False)
+
+
+async def _workers(
+    client: httpx.AsyncClient, total: int, batch: int, workers: int, deadline: float, *, wait: bool
+) -> Submitted:
+    """`workers` loops taking the next batch until all are sent; with `wait`, each long-polls its batch's
+    tasks to the end before taking another."""
     out = Submitted()
     queue = list(reversed(_chunks(total, batch)))
     loop = asyncio.get_running_loop()
@@ -72,9 +80,12 @@ async def burst(
     async def worker() -> None:
         while queue and loop.time() < deadline:
             first, count = queue.pop()
-            await _post(client, first, count, out)
+            ids = await _post(client, first, count, out)
+            if wait:
+                for task_id in ids:
+                    await _wait_terminal(client, task_id, deadline, out)
 
-    await asyncio.gather(*(worker() for _ in range(max(1, inflight))))
+    await asyncio.gather(*(worker() for _ in range(max(1, workers))))
     return out
 
 
@@ -116,18 +127,7 @@ async def closed_loop(
     client: httpx.AsyncClient, total: int, batch: int, concurrency: int, deadline: float
 ) -> Submitted:
     """`concurrency` workers, each submitting and then long-polling until its tasks are finished."""
-    out = Submitted()
-    queue = list(reversed(_chunks(total, batch)))
-    loop = asyncio.get_running_loop()
-
-    async def worker() -> None:
-        while queue and loop.time() < deadline:
-            first, count = queue.pop()
-            for task_id in await _post(client, first, count, out):
-                await _wait_terminal(client, task_id, deadline, out)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return out
+    return await _workers(client, total, batch, concurrency, deadline, wait=True)
 
 
 async def _wait_terminal(client: httpx.AsyncClient, task_id: str, deadline: float, out: Submitted) -> None:

@@ -28,21 +28,6 @@ _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
 @asynccontextmanager
-async def transaction(engine: AsyncEngine) -> AsyncIterator[Driver]:
-    """A pooled connection in a transaction of its own: committed on exit, rolled back on error."""
-    async with engine.connect() as connection:
-        driver: Driver = (await connection.get_raw_connection()).driver_connection
-        try:
-            async with driver.transaction():
-                yield driver
-        finally:
-            # SQLAlchemy did not start this transaction, so its reset on return would not end it: a connection
-            # that is dead, or still in a transaction (its ROLLBACK failed or was cancelled), is discarded.
-            if driver.is_closed() or driver.is_in_transaction():
-                await connection.invalidate()
-
-
-@asynccontextmanager
 async def connection(engine: AsyncEngine) -> AsyncIterator[Driver]:
     """A pooled connection outside any transaction: each statement commits on its own. For work that is one
     statement (a statement is atomic by itself), it saves the BEGIN and COMMIT round trips."""
@@ -51,8 +36,17 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[Driver]:
         try:
             yield driver
         finally:
+            # SQLAlchemy starts no transaction here, so its reset on return would end none: a connection that
+            # is dead, or still in a transaction (its ROLLBACK failed or was cancelled), is discarded.
             if driver.is_closed() or driver.is_in_transaction():
                 await pooled.invalidate()
+
+
+@asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[Driver]:
+    """A pooled connection in a transaction of its own: committed on exit, rolled back on error."""
+    async with connection(engine) as driver, driver.transaction():
+        yield driver
 
 
 async def driver_of(session: AsyncSession) -> Driver:
