@@ -1,0 +1,67 @@
+"""What PostgreSQL and the JSON encoder accept, checked at the edge on every path (REST and WebSocket).
+
+The rule, the same everywhere (docs/reliability.md):
+- text (JSON strings and object keys, and plain text fields) must not contain NUL (U+0000): JSONB and TEXT
+  columns refuse it;
+- integers must lie in the signed 64-bit range (BIGINT columns, and the largest integer orjson writes);
+- JSON values nest at most ``MAX_DEPTH`` levels (arrays and objects).
+
+Input that breaks the rule is refused with the path of the first offending value (``payload.items.3.name``)
+rather than altered, so what a client reads back is what it sent.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
+
+MAX_DEPTH = 64
+INT_MIN = -(2**63)
+INT_MAX = 2**63 - 1
+
+
+def json_problem(value: Any, path: str = "", depth: int = 0) -> str | None:
+    """The first reason ``value`` cannot be stored, as ``"path: reason"``, or None when it can."""
+    if isinstance(value, str):
+        return f"{path or 'value'}: text must not contain NUL (\\u0000)" if "\x00" in value else None
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return None
+    if isinstance(value, int):
+        if INT_MIN <= value <= INT_MAX:
+            return None
+        return f"{path or 'value'}: integer out of range (must fit in 64 bits signed)"
+    if isinstance(value, dict | list):
+        if depth >= MAX_DEPTH:
+            return f"{path or 'value'}: nested deeper than {MAX_DEPTH} levels"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and "\x00" in key:
+                return f"{path or 'value'}: object keys must not contain NUL (\\u0000)"
+            child = f"{path}.{key}" if path else str(key)
+            problem = json_problem(item, child, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    return None
+
+
+def _storable_json(value: Any) -> Any:
+    problem = json_problem(value)
+    if problem is not None:
+        # pydantic prefixes the field's own location; the path inside the value is part of the message.
+        raise ValueError(problem.removeprefix("value: "))
+    return value
+
+
+def _storable_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL (\\u0000)")
+    return value
+
+
+StorableJson = Annotated[Any, AfterValidator(_storable_json)]
+"""Any JSON value that PostgreSQL's JSONB and orjson accept (see the module docstring)."""
+
+StorableText = Annotated[str, AfterValidator(_storable_text)]
+"""A string without NUL."""
