@@ -44,6 +44,7 @@ def add_parser(subparsers: Any) -> None:
     loop.add_argument("--rate", type=float, help="open loop: submit at this many tasks per second")
     loop.add_argument("--concurrency", type=int, help="closed loop: this many submit-and-wait workers")
     bench.add_argument("--batch", type=int, help="tasks per POST /api/v1/tasks:batch (1: single submits)")
+    bench.add_argument("--inflight", type=int, help="burst and single: submit requests in flight at once")
     bench.add_argument("--agent-concurrency", type=int, help="max_concurrency each agent registers with")
     bench.add_argument("--baseline", choices=["ws-echo"], help="also measure a bare WebSocket echo server")
     bench.add_argument("--url", help="use this running server (admin key from AGENTPLANE_ADMIN_KEY)")
@@ -64,6 +65,7 @@ def _scenario(args: argparse.Namespace) -> Scenario:
         rate=args.rate,
         concurrency=args.concurrency,
         batch=args.batch,
+        inflight=args.inflight,
         agent_concurrency=args.agent_concurrency,
     )
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import orjson
 
 from bench.agents import CAPABILITY, TASK_TYPE
+from bench.rawhttp import RawConnection, RawHttpError
 
 _MAX_OPEN = 512  # open loop: requests in flight at most, so a stalled server cannot exhaust our memory
 
@@ -86,6 +88,37 @@ async def _workers(
                     await _wait_terminal(client, task_id, deadline, out)
 
     await asyncio.gather(*(worker() for _ in range(max(1, workers))))
+    return out
+
+
+async def single(base_url: str, key: str, total: int, inflight: int, deadline: float) -> Submitted:
+    """One `POST /api/v1/tasks` per task, `inflight` requests outstanding (one per keep-alive connection),
+    through the lean client (bench/rawhttp.py) so the harness's own CPU does not cap the rate."""
+    out = Submitted()
+    loop = asyncio.get_running_loop()
+    indexes = iter(range(total))
+
+    async def worker() -> None:
+        connection = await RawConnection.open(base_url, key)
+        try:
+            for index in indexes:
+                if loop.time() >= deadline:
+                    out.errors.append(f"single: deadline reached at task {index} of {total}")
+                    return
+                sent = time.time_ns()
+                try:
+                    response = await connection.post("/api/v1/tasks", orjson.dumps(task_spec(index)))
+                except (RawHttpError, OSError) as exc:
+                    out.errors.append(f"submit: {exc!r}")
+                    return
+                if response.status != 201:
+                    out.errors.append(f"submit: HTTP {response.status}: {response.body[:200]!r}")
+                    continue
+                out.record([orjson.loads(response.body)["id"]], sent)
+        finally:
+            await connection.close()
+
+    await asyncio.gather(*(worker() for _ in range(max(1, inflight))))
     return out
 
 

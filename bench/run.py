@@ -46,13 +46,15 @@ class Measured:
 
 
 def _submitter(
-    scenario: Scenario, client: httpx.AsyncClient, deadline: float
+    scenario: Scenario, client: httpx.AsyncClient, deadline: float, *, base_url: str, key: str
 ) -> Coroutine[Any, Any, load.Submitted]:
     if scenario.rate is not None:
         total = open_loop_tasks(scenario, scenario.rate)
         return load.open_loop(client, total, scenario.batch, scenario.rate, deadline)
     if scenario.concurrency is not None:
         return load.closed_loop(client, scenario.tasks, scenario.batch, scenario.concurrency, deadline)
+    if scenario.name == "single":
+        return load.single(base_url, key, scenario.tasks, scenario.inflight, deadline)
     return load.burst(client, scenario.tasks, scenario.batch, scenario.inflight, deadline)
 
 
@@ -88,7 +90,7 @@ async def measure(server: servers.Server, client_key: str, scenario: Scenario, s
         deadline = loop.time() + scenario.deadline
         before = await collect.finished_count(admin)
         sampler.mark()
-        submitted = await _submitter(scenario, client, deadline)
+        submitted = await _submitter(scenario, client, deadline, base_url=server.base_url, key=client_key)
         completed = await collect.wait_finished(
             admin, expected=len(submitted.sent_ns), baseline=before, deadline=deadline
         )

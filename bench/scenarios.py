@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
-ScenarioName = Literal["throughput", "latency", "fanout", "idle"]
-SCENARIOS: tuple[ScenarioName, ...] = ("throughput", "latency", "fanout", "idle")
+ScenarioName = Literal["throughput", "single", "latency", "fanout", "idle"]
+SCENARIOS: tuple[ScenarioName, ...] = ("throughput", "single", "latency", "fanout", "idle")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class Scenario:
 
 PRESETS: dict[ScenarioName, Scenario] = {
     "throughput": Scenario("throughput", agents=100, procs=2, tasks=20_000, batch=500),
+    # One POST per task (how most users submit), 16 requests in flight.
+    "single": Scenario("single", agents=100, procs=2, tasks=10_000, inflight=16),
     "latency": Scenario("latency", agents=100, procs=2, tasks=0, calibration_tasks=3_000, load_seconds=40.0),
     "fanout": Scenario("fanout", agents=1_000, procs=2, tasks=10_000, batch=500),
     "idle": Scenario(
@@ -43,6 +45,7 @@ PRESETS: dict[ScenarioName, Scenario] = {
 # --quick: every scenario, server start included, inside 60 s on the 2-core machine.
 QUICK: dict[ScenarioName, dict[str, Any]] = {
     "throughput": {"tasks": 4_000, "batch": 250, "deadline": 30.0},
+    "single": {"tasks": 3_000, "deadline": 30.0},
     "latency": {"calibration_tasks": 600, "load_seconds": 8.0, "deadline": 25.0},
     "fanout": {"tasks": 1_000, "batch": 250, "deadline": 20.0},
     # 10,000 agents take minutes to register here; 500 show the per-agent cost and the ping cadence.
@@ -80,6 +83,10 @@ def _check(scenario: Scenario) -> None:
     if not 1 <= scenario.batch <= 1000:
         raise ValueError("--batch must be 1-1000 (the API takes at most 1000 tasks per batch)")
     open_loop = scenario.rate is not None or scenario.name == "latency"
+    if scenario.inflight < 1:
+        raise ValueError("--inflight must be at least 1")
+    if scenario.name == "single" and scenario.batch != 1:
+        raise ValueError("the single scenario submits one task per request (--batch 1)")
     if scenario.tasks < 0 or (scenario.tasks == 0 and scenario.name != "idle" and not open_loop):
         raise ValueError("--tasks must be at least 1 (0 only with an open loop: rate x load_seconds)")
     if scenario.rate is not None and scenario.rate <= 0:

@@ -119,6 +119,7 @@ def test_presets_match_the_issue() -> None:
     assert PRESETS["latency"].rate_fraction == 0.5
     assert PRESETS["fanout"].agents == 1_000
     assert PRESETS["idle"].agents == 10_000
+    assert (PRESETS["single"].batch, PRESETS["single"].inflight) == (1, 16)
 
 
 def test_overrides_win_and_loops_exclude_each_other() -> None:
@@ -137,11 +138,18 @@ def test_overrides_win_and_loops_exclude_each_other() -> None:
         ({"tasks": 0}, "--tasks"),
         ({"work_ms": -1.0}, "--work-ms"),
         ({"bogus": 1}, "unknown"),
+        ({"inflight": 0}, "--inflight"),
     ],
 )
 def test_bad_overrides_are_refused(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         resolve("throughput", **overrides)
+
+
+def test_single_submits_one_task_per_request() -> None:
+    assert resolve("single", inflight=4).inflight == 4
+    with pytest.raises(ValueError, match="--batch 1"):
+        resolve("single", batch=10)
 
 
 def test_open_loop_tasks_come_from_the_rate_unless_given() -> None:
