@@ -2,36 +2,31 @@
 
 pick() recomputes everything for every task; across a batch most of it does not change: which agents may
 take a kind of task, and every term of the score but the load. So candidates are filtered once per kind
-of task, the load-independent part of each score is computed once, and only the load is looked at per
-task. The floating-point operations happen in the same order as in weighted_score(), so scores, and
-therefore ties, are bit-for-bit the same (a test compares the two on random fleets).
+of task, each agent's load-independent fit (strategies.fit) is computed once, and only the load is looked
+at per task. The ordering itself is strategies.rank, the same function pick() uses, so the decisions are the
+same by construction (a test also compares the two on random fleets).
 """
 
 from __future__ import annotations
 
-import bisect
 import heapq
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from app.routing.scoring import capability_score, load_ratio
+from app.routing.scoring import Weights
 from app.routing.strategies import (
     Candidate,
     Decision,
+    Fit,
+    Rank,
     RoutingPolicy,
     TaskRequirements,
-    _estimated_cost,
+    decision_of,
     eligible,
+    fit,
     get_strategy,
+    next_in_rotation,
+    rank,
 )
-
-
-@dataclass
-class _Option:
-    agent_id: str
-    static: float  # capability and performance terms, summed as weighted_score sums them
-    cost_term: float
-    cost: float
 
 
 def route_batch(
@@ -54,7 +49,7 @@ def route_batch(
         if group is None:
             strategy = task.strategy or policy.strategy
             get_strategy(strategy)  # unknown names fail here, as in pick()
-            group = groups[task] = _Group(strategy, _options(task, candidates, policy), policy.weights.load)
+            group = groups[task] = _Group(strategy, _fits(task, candidates, policy), policy.weights)
         decision = group.decide(active, limit, last_agent_id)
         if decision is not None:
             active[decision.agent_id] += 1
@@ -63,85 +58,49 @@ def route_batch(
     return decisions, last_agent_id
 
 
-def _options(task: TaskRequirements, candidates: Sequence[Candidate], policy: RoutingPolicy) -> list[_Option]:
+def _fits(task: TaskRequirements, candidates: Sequence[Candidate], policy: RoutingPolicy) -> list[Fit]:
     # eligible() with every slot free: whether a slot is free is decided per task, as loads change.
     idle = [Candidate(c.agent_id, c.model, c.capabilities, c.max_concurrency, 0, c.success_rate, c.status)
             for c in candidates if c.max_concurrency > 0]  # fmt: skip
-    weights = policy.weights
-    options = []
-    for candidate in eligible(task, idle, policy):
-        cost = _estimated_cost(task, candidate, policy)
-        static = (
-            capability_score(task.required_capabilities, candidate.capabilities) * weights.capability
-            + candidate.success_rate * weights.performance
-        )
-        cost_term = 1.0 / (1.0 + max(cost, 0.0)) * weights.cost
-        options.append(_Option(candidate.agent_id, static, cost_term, cost))
-    return options
-
-
-Key = tuple[float, float, str]
+    return [fit(task, candidate, policy) for candidate in eligible(task, idle, policy)]
 
 
 class _Group:
     """The agents that may take one kind of task, ordered best first.
 
-    A heap with lazy refresh: within a batch loads only grow, so every key only grows, and a stale entry
+    A heap with lazy refresh: within a batch loads only grow, so every rank only grows, and a stale entry
     at the top is refreshed and pushed back until the top is current, which is then the true best.
     """
 
-    def __init__(self, strategy: str, options: list[_Option], load_weight: float) -> None:
+    def __init__(self, strategy: str, fits: list[Fit], weights: Weights) -> None:
         self.strategy = strategy
-        self.load_weight = load_weight
-        self.by_id = {option.agent_id: option for option in options}
+        self.weights = weights
+        self.by_id = {agent.agent_id: agent for agent in fits}
         self.ordered = sorted(self.by_id)  # round robin's rotation order
-        self.heap: list[tuple[Key, int, str]] = []  # (key, the active count it was computed with, agent)
+        self.heap: list[tuple[Rank, int, str]] = []  # (rank, the active count it was computed with, agent)
         self.started = False
 
-    def _key(self, option: _Option, used: int, slots: int) -> Key:
-        load = load_ratio(used, slots)
-        if self.strategy == "least_loaded":
-            return (load, float(used - slots), option.agent_id)
-        return (-(option.static + (1.0 - load) * self.load_weight + option.cost_term), load, option.agent_id)
+    def _rank(self, agent_id: str, active: dict[str, int], limit: dict[str, int]) -> Rank:
+        return rank(self.strategy, self.by_id[agent_id], active[agent_id], limit[agent_id], self.weights)
 
     def decide(self, active: dict[str, int], limit: dict[str, int], last: str | None) -> Decision | None:
         if self.strategy == "round_robin":
-            return self._next_in_rotation(active, limit, last)
+            chosen = next_in_rotation(self.ordered, last, lambda agent_id: active[agent_id] < limit[agent_id])
+            return None if chosen is None else Decision(chosen, 0.0, self.by_id[chosen].cost)
         if not self.started:
             self.started = True
-            for agent_id, option in self.by_id.items():
-                self.heap.append(
-                    (self._key(option, active[agent_id], limit[agent_id]), active[agent_id], agent_id)
-                )
+            self.heap = [
+                (self._rank(agent_id, active, limit), active[agent_id], agent_id) for agent_id in self.by_id
+            ]
             heapq.heapify(self.heap)
         while self.heap:
             key, used, agent_id = self.heap[0]
             if active[agent_id] >= limit[agent_id]:
                 heapq.heappop(self.heap)  # full for the rest of the batch
-                continue
-            if used != active[agent_id]:
+            elif used != active[agent_id]:
                 heapq.heapreplace(
-                    self.heap,
-                    (
-                        self._key(self.by_id[agent_id], active[agent_id], limit[agent_id]),
-                        active[agent_id],
-                        agent_id,
-                    ),
+                    self.heap, (self._rank(agent_id, active, limit), active[agent_id], agent_id)
                 )
-                continue
-            option = self.by_id[agent_id]
-            if self.strategy == "least_loaded":
-                return Decision(agent_id=agent_id, score=1.0 - key[0], estimated_cost=option.cost)
-            return Decision(agent_id=agent_id, score=-key[0], estimated_cost=option.cost)
-        return None
-
-    def _next_in_rotation(
-        self, active: dict[str, int], limit: dict[str, int], last: str | None
-    ) -> Decision | None:
-        ordered = self.ordered
-        start = 0 if last is None else bisect.bisect_right(ordered, last)
-        for index in range(len(ordered)):
-            agent_id = ordered[(start + index) % len(ordered)]
-            if active[agent_id] < limit[agent_id]:
-                return Decision(agent_id=agent_id, score=0.0, estimated_cost=self.by_id[agent_id].cost)
+            else:
+                return decision_of(self.strategy, self.by_id[agent_id], key)
         return None

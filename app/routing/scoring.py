@@ -75,18 +75,27 @@ def load_ratio(active: int, max_concurrency: int) -> float:
     return min(max(active / max_concurrency, 0.0), 1.0)
 
 
+def static_terms(capability: float, success_rate: float, weights: Weights) -> float:
+    """The load-independent terms of the weighted score: capability match and success rate."""
+    return capability * weights.capability + success_rate * weights.performance
+
+
+def cost_term(cost: float, weights: Weights) -> float:
+    """The weighted score's cost term, 1 / (1 + cost)."""
+    # A negative cost (a misconfigured price) would otherwise divide by zero at -1 or blow the term up.
+    return 1.0 / (1.0 + max(cost, 0.0)) * weights.cost
+
+
 def weighted_score(
     *, capability: float, success_rate: float, load: float, cost: float, weights: Weights
 ) -> float:
     """The seed's capability-based score: higher is better.
 
-    Load and cost are inverted (1 - load, 1 / (1 + cost)) so every term rewards the better agent.
+    Load and cost are inverted (1 - load, 1 / (1 + cost)) so every term rewards the better agent. Routing
+    computes it in these parts (strategies.rank), the load term last-but-one, in this order.
     """
-    # A negative cost (a misconfigured price) would otherwise divide by zero at -1 or blow the term up.
-    cost = max(cost, 0.0)
     return (
-        capability * weights.capability
-        + success_rate * weights.performance
+        static_terms(capability, success_rate, weights)
         + (1.0 - load) * weights.load
-        + 1.0 / (1.0 + cost) * weights.cost
+        + cost_term(cost, weights)
     )

@@ -8,12 +8,21 @@ every replica.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import bisect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
-from app.routing.scoring import Price, Weights, capability_score, estimate_cost, load_ratio, weighted_score
+from app.routing.scoring import (
+    Price,
+    Weights,
+    capability_score,
+    cost_term,
+    estimate_cost,
+    load_ratio,
+    static_terms,
+)
 
 # 3,000 tokens of titan-v2 estimate to 0.0006000000000000001 in floats; a task capped at exactly its
 # estimate must still route.
@@ -120,6 +129,76 @@ def eligible(
     return [candidate for candidate in candidates if _admits(task, candidate, policy, cost_cap)]
 
 
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """The part of one agent's fit for one task that does not depend on its load: computed once per agent
+    and kind of task, whether one task is routed (pick) or a whole batch (routing.batch)."""
+
+    agent_id: str
+    static: float  # the capability and performance terms of the weighted score
+    cost_term: float  # the cost term of the weighted score
+    cost: float  # estimated USD
+
+
+def fit(task: TaskRequirements, candidate: Candidate, policy: RoutingPolicy) -> Fit:
+    cost = _estimated_cost(task, candidate, policy)
+    return Fit(
+        agent_id=candidate.agent_id,
+        static=static_terms(
+            capability_score(task.required_capabilities, candidate.capabilities),
+            candidate.success_rate,
+            policy.weights,
+        ),
+        cost_term=cost_term(cost, policy.weights),
+        cost=cost,
+    )
+
+
+Rank = tuple[float, float, str]
+
+
+def rank(strategy: str, agent: Fit, active: int, slots: int, weights: Weights) -> Rank:
+    """The one ordering of agents for a task (smaller is better), for capability_based and least_loaded.
+
+    capability_based: the highest weighted score, ties to the lower load ratio, then the smaller agent_id.
+    least_loaded: the lowest load ratio, ties to more spare slots, then the smaller agent_id.
+    """
+    load = load_ratio(active, slots)
+    if strategy == "least_loaded":
+        return (load, float(active - slots), agent.agent_id)
+    # static + load + cost in weighted_score()'s order, so the sum is bit-for-bit the same.
+    return (-(agent.static + (1.0 - load) * weights.load + agent.cost_term), load, agent.agent_id)
+
+
+def decision_of(strategy: str, agent: Fit, best: Rank) -> Decision:
+    score = 1.0 - best[0] if strategy == "least_loaded" else -best[0]
+    return Decision(agent_id=agent.agent_id, score=score, estimated_cost=agent.cost)
+
+
+def next_in_rotation(
+    ordered: Sequence[str], last_agent_id: str | None, has_room: Callable[[str], bool]
+) -> str | None:
+    """Round robin: the first agent (ordered by agent_id) after last_agent_id that has room, wrapping."""
+    start = 0 if last_agent_id is None else bisect.bisect_right(ordered, last_agent_id)
+    for index in range(len(ordered)):
+        agent_id = ordered[(start + index) % len(ordered)]
+        if has_room(agent_id):
+            return agent_id
+    return None
+
+
+def _ranked(
+    strategy: str, task: TaskRequirements, candidates: Sequence[Candidate], policy: RoutingPolicy
+) -> Decision | None:
+    best: tuple[Rank, Fit] | None = None
+    for candidate in candidates:
+        agent = fit(task, candidate, policy)
+        key = rank(strategy, agent, candidate.active, candidate.max_concurrency, policy.weights)
+        if best is None or key < best[0]:
+            best = (key, agent)
+    return None if best is None else decision_of(strategy, best[1], best[0])
+
+
 def capability_based(
     task: TaskRequirements,
     candidates: Sequence[Candidate],
@@ -131,23 +210,7 @@ def capability_based(
 
     Ties go to the lower load ratio, then to the smaller agent_id. last_agent_id is ignored.
     """
-    ranked: list[tuple[float, float, str, float]] = []
-    for candidate in candidates:
-        cost = _estimated_cost(task, candidate, policy)
-        load = load_ratio(candidate.active, candidate.max_concurrency)
-        score = weighted_score(
-            capability=capability_score(task.required_capabilities, candidate.capabilities),
-            success_rate=candidate.success_rate,
-            load=load,
-            cost=cost,
-            weights=policy.weights,
-        )
-        # Negated so that min() orders score descending and the tie-breaks ascending.
-        ranked.append((-score, load, candidate.agent_id, cost))
-    if not ranked:
-        return None
-    negated_score, _, agent_id, cost = min(ranked)
-    return Decision(agent_id=agent_id, score=-negated_score, estimated_cost=cost)
+    return _ranked("capability_based", task, candidates, policy)
 
 
 def round_robin(
@@ -164,13 +227,11 @@ def round_robin(
     because the position is an agent_id rather than an index, agents joining or leaving do not make the
     rotation skip or repeat the others. Score is always 0.0: the order, not a score, decides.
     """
-    ordered = sorted(candidates, key=lambda candidate: candidate.agent_id)
-    if not ordered:
+    by_id = {candidate.agent_id: candidate for candidate in candidates}
+    chosen = next_in_rotation(sorted(by_id), last_agent_id, lambda _: True)
+    if chosen is None:
         return None
-    chosen = ordered[0]
-    if last_agent_id is not None:
-        chosen = next((c for c in ordered if c.agent_id > last_agent_id), ordered[0])
-    return Decision(agent_id=chosen.agent_id, score=0.0, estimated_cost=_estimated_cost(task, chosen, policy))
+    return Decision(agent_id=chosen, score=0.0, estimated_cost=_estimated_cost(task, by_id[chosen], policy))
 
 
 def least_loaded(
@@ -185,19 +246,7 @@ def least_loaded(
     Ties go to more spare slots (max_concurrency - active), then to the smaller agent_id. Score is the free
     share, 1 - load. last_agent_id is ignored.
     """
-    if not candidates:
-        return None
-
-    def rank(candidate: Candidate) -> tuple[float, int, str]:
-        spare = candidate.max_concurrency - candidate.active
-        return (load_ratio(candidate.active, candidate.max_concurrency), -spare, candidate.agent_id)
-
-    chosen = min(candidates, key=rank)
-    return Decision(
-        agent_id=chosen.agent_id,
-        score=1.0 - load_ratio(chosen.active, chosen.max_concurrency),
-        estimated_cost=_estimated_cost(task, chosen, policy),
-    )
+    return _ranked("least_loaded", task, candidates, policy)
 
 
 STRATEGIES: Mapping[str, Strategy] = MappingProxyType(

@@ -86,3 +86,24 @@ def test_slots_fill_up_across_the_batch() -> None:
     decisions, last = route_batch([task] * 3, fleet, RoutingPolicy())
     assert [d.agent_id if d else None for d in decisions] == ["solo", "solo", None]
     assert last == "solo"
+
+
+def test_rank_is_the_weighted_score_bit_for_bit() -> None:
+    """pick() and route_batch() share strategies.rank; it must be the seed's formula, not an approximation."""
+    from app.routing.scoring import capability_score, load_ratio, weighted_score
+    from app.routing.strategies import fit, rank
+
+    rng = random.Random(7)
+    policy = RoutingPolicy(prices={"gpt-4": Price(0.03, 0.06)}, weights=Weights(0.37, 0.29, 0.21, 0.13))
+    for candidate in random_fleet(rng, 200):
+        task = random_task(rng, [candidate])
+        agent = fit(task, candidate, policy)
+        key = rank("capability_based", agent, candidate.active, candidate.max_concurrency, policy.weights)
+        expected = weighted_score(
+            capability=capability_score(task.required_capabilities, candidate.capabilities),
+            success_rate=candidate.success_rate,
+            load=load_ratio(candidate.active, candidate.max_concurrency),
+            cost=agent.cost,
+            weights=policy.weights,
+        )
+        assert -key[0] == expected
