@@ -153,16 +153,21 @@ async def _keys(args: argparse.Namespace, url: str) -> None:
         async with create_sessionmaker(engine)() as session:
             if args.keys_command == "create":
                 key, secret = await service.create_key(
-                    session, name=args.name, scopes=[Scope(scope) for scope in args.scope]
+                    session,
+                    name=args.name,
+                    scopes=[Scope(scope) for scope in args.scope],
+                    project=args.project,
                 )
                 print(
-                    f"id:     {key.id}\nname:   {key.name}\nscopes: {','.join(key.scopes)}\nsecret: {secret}"
+                    f"id:      {key.id}\nname:    {key.name}\nscopes:  {','.join(key.scopes)}\n"
+                    f"project: {key.project or '-'}\nsecret:  {secret}"
                 )
                 print("(the secret is shown only this once)", file=sys.stderr)
             elif args.keys_command == "list":
                 for key in await service.list_keys(session):
                     state = "revoked" if key.revoked_at else "active"
-                    print(f"{key.id}  {key.prefix}…  {','.join(key.scopes):<18} {state:<8} {key.name}")
+                    scopes, project = ",".join(key.scopes), key.project or "-"
+                    print(f"{key.id}  {key.prefix}…  {scopes:<18} {state:<8} {project:<16} {key.name}")
             else:
                 import uuid
 
@@ -207,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys_sub.add_parser("create", help="create a key and print its secret once")
     create.add_argument("--name", required=True)
     create.add_argument("--scope", action="append", required=True, choices=["admin", "client", "agent"])
+    create.add_argument(
+        "--project", help="keys of one project share their tasks and sessions (default: the key's own only)"
+    )
     keys_sub.add_parser("list", help="list keys (never their secrets)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key")
     revoke.add_argument("id")

@@ -102,6 +102,22 @@ class Client:
                     value = value.removeprefix(" ")
                     event[field] = orjson.loads(value) if field == "data" else value
 
+    # Keys (admin)
+    def create_key(
+        self, name: str, scopes: Sequence[str] = ("client",), *, project: str | None = None
+    ) -> dict[str, Any]:
+        """A new key with its ``secret`` (shown once). Keys of one ``project`` share tasks and sessions."""
+        body: dict[str, Any] = {"name": name, "scopes": list(scopes)}
+        if project is not None:
+            body["project"] = project
+        return dict(self._call("POST", "/keys", json=body))
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/keys")["items"])
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/keys/{key_id}"))
+
     # Sessions and the registry
     def create_session(self, spec: dict[str, Any]) -> dict[str, Any]:
         return dict(self._call("POST", "/sessions", json=spec))

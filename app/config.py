@@ -1,7 +1,7 @@
 """Settings: environment variables (the seed's names), an optional YAML file, defaults.
 
 Precedence is env > YAML file (named by ``AGENTPLANE_CONFIG``) > defaults. Durations accept the seed's
-format (``30s``, ``5m``, ``1h``, ``250ms``) or plain seconds and are held as float seconds.
+format (``30s``, ``5m``, ``1h``, ``250ms``; ``7d`` too) or plain seconds and are held as float seconds.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def parse_duration(value: Any) -> float:
@@ -53,6 +53,17 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def parse_retention(value: Any) -> float:
+    """A duration, or ``0`` (in any unit) for "keep everything", held as 0.0."""
+    match = _DURATION.match(str(value)) if not isinstance(value, bool) else None
+    if match is not None and float(match.group(1)) == 0:
+        return 0.0
+    return parse_duration(value)
+
+
+Retention = Annotated[float, BeforeValidator(parse_retention)]
 
 
 def _split_list(value: Any) -> Any:
@@ -167,6 +178,30 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, validation_alias=AliasChoices("AGENTPLANE_DB_POOL_SIZE"))
     metrics_refresh: Duration = Field(
         default=5.0, validation_alias=AliasChoices("AGENTPLANE_METRICS_REFRESH", "metrics_refresh")
+    )
+    # Retention (app.retention): finished tasks, finished sessions and offline agents older than these are
+    # deleted, a batch at a time, by one replica per interval; 0 keeps them forever.
+    retention_tasks: Retention = Field(
+        default=7 * 86400.0, validation_alias=AliasChoices("AGENTPLANE_RETENTION_TASKS", "retention_tasks")
+    )
+    retention_sessions: Retention = Field(
+        default=7 * 86400.0,
+        validation_alias=AliasChoices("AGENTPLANE_RETENTION_SESSIONS", "retention_sessions"),
+    )
+    retention_agents: Retention = Field(
+        default=7 * 86400.0, validation_alias=AliasChoices("AGENTPLANE_RETENTION_AGENTS", "retention_agents")
+    )
+    retention_interval: Duration = Field(
+        default=600.0, validation_alias=AliasChoices("AGENTPLANE_RETENTION_INTERVAL", "retention_interval")
+    )
+    retention_batch: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        validation_alias=AliasChoices("AGENTPLANE_RETENTION_BATCH", "retention_batch"),
+    )
+    max_request_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, validation_alias=AliasChoices("AGENTPLANE_MAX_REQUEST_BYTES")
     )
     max_request_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, validation_alias=AliasChoices("AGENTPLANE_MAX_REQUEST_BYTES")

@@ -25,6 +25,7 @@ from app.gateway.endpoint import Gateway
 from app.gateway.hub import Hub
 from app.health.monitor import HealthMonitor
 from app.metrics import Metrics
+from app.retention.service import Retention
 from app.security import KeyCache
 from app.signals import Signals
 from app.tasks.states import OPEN
@@ -76,6 +77,7 @@ class Runtime:
         self.sessions = SessionRunner(
             settings=settings, sessionmaker=sessionmaker, signals=self.signals, metrics=metrics
         )
+        self.retention = Retention(settings=settings, engine=engine)
         self._loops: list[asyncio.Task[None]] = []
         self._utilization_labels: set[tuple[str, str]] = set()
 
@@ -87,7 +89,14 @@ class Runtime:
         await self._recover_previous_incarnation()
         await self._heartbeat_once()
         await self.bus.start()
-        for service in (self.gateway, self.dispatcher, self.reaper, self.health, self.sessions):
+        for service in (
+            self.gateway,
+            self.dispatcher,
+            self.reaper,
+            self.health,
+            self.sessions,
+            self.retention,
+        ):
             await service.start()
         self._loops = [
             asyncio.create_task(
@@ -107,6 +116,7 @@ class Runtime:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         await asyncio.gather(
+            self.retention.stop(),
             self.sessions.stop(),
             self.health.stop(),
             self.reaper.stop(),

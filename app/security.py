@@ -29,6 +29,9 @@ class Principal:
     key_id: uuid.UUID | None  # None for the AGENTPLANE_ADMIN_KEY from the environment
     name: str
     scopes: frozenset[str]
+    # Keys of one project share their tasks and sessions (app.ownership). Cached with the key, so recording
+    # and checking ownership costs no query.
+    project: str | None = None
 
     def has_any(self, *scopes: Scope) -> bool:
         return Scope.ADMIN in self.scopes or any(scope in self.scopes for scope in scopes)
@@ -87,7 +90,7 @@ async def authenticate(
     )
     if row is None:
         return None
-    principal = Principal(key_id=row.id, name=row.name, scopes=frozenset(row.scopes))
+    principal = Principal(key_id=row.id, name=row.name, scopes=frozenset(row.scopes), project=row.project)
     if cache is not None:
         cache.put(digest, principal)
     return principal

@@ -26,6 +26,7 @@ from app.db import raw
 from app.db.models import CollabSession, SessionEvent, Task
 from app.errors import AppError, InvalidInput
 from app.metrics import Metrics
+from app.ownership import Owner
 from app.signals import Signals
 from app.tasks.lifecycle import db_now
 from app.tasks.schemas import TaskCreate
@@ -174,6 +175,7 @@ async def _submit(
             await raw.driver_of(session),
             settings,
             creates,
+            owner=Owner(key_id=row.owner_key_id, project=row.project),  # the session's owner's
             session_id=row.id,
             session_keys=[spec.key for spec in specs],
         )

@@ -9,6 +9,7 @@ from sse_starlette.sse import EventSourceResponse
 from app.collab import service, watch
 from app.collab.schemas import SessionCreate, SessionList, SessionOut, SessionStatusName, StrategyName
 from app.deps import ClientDep, MakerDep, MetricsDep, SessionDep, SettingsDep, SignalsDep
+from app.ownership import Owner
 from app.sse import resume_after
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
@@ -22,9 +23,11 @@ async def create_session(
     settings: SettingsDep,
     signals: SignalsDep,
     metrics: MetricsDep,
-    _: ClientDep,
+    principal: ClientDep,
 ) -> SessionOut:
-    created = await service.create_session(session, settings, body, signals=signals, metrics=metrics)
+    created = await service.create_session(
+        session, settings, body, owner=Owner.of(principal), signals=signals, metrics=metrics
+    )
     response.headers["Location"] = f"/api/v1/sessions/{created.id}"
     return created
 
@@ -32,14 +35,14 @@ async def create_session(
 @router.get("", response_model=SessionList)
 async def list_sessions(
     session: SessionDep,
-    _: ClientDep,
+    principal: ClientDep,
     status: SessionStatusName | None = None,
     strategy: StrategyName | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SessionList:
     rows, next_cursor = await service.list_sessions(
-        session, status=status, strategy=strategy, cursor=cursor, limit=limit
+        session, viewer=principal, status=status, strategy=strategy, cursor=cursor, limit=limit
     )
     return SessionList(items=[service.to_out(row) for row in rows], next_cursor=next_cursor)
 
@@ -48,17 +51,23 @@ async def list_sessions(
 async def get_session(
     session_id: uuid.UUID,
     maker: MakerDep,
-    _: ClientDep,
+    principal: ClientDep,
     wait: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for the session to end.")] = 0,
 ) -> SessionOut:
-    return await watch.wait_for_end(maker, session_id, wait)
+    return await watch.wait_for_end(maker, session_id, wait, viewer=principal)
 
 
 @router.post("/{session_id}/cancel", response_model=SessionOut)
 async def cancel_session(
-    session_id: uuid.UUID, session: SessionDep, signals: SignalsDep, metrics: MetricsDep, _: ClientDep
+    session_id: uuid.UUID,
+    session: SessionDep,
+    signals: SignalsDep,
+    metrics: MetricsDep,
+    principal: ClientDep,
 ) -> SessionOut:
-    return await service.cancel_session(session, session_id, signals=signals, metrics=metrics)
+    return await service.cancel_session(
+        session, session_id, viewer=principal, signals=signals, metrics=metrics
+    )
 
 
 @router.get("/{session_id}/events")
@@ -66,9 +75,10 @@ async def session_events(
     session_id: uuid.UUID,
     request: Request,
     maker: MakerDep,
-    _: ClientDep,
+    principal: ClientDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     after = resume_after(request, last_event_id)
-    await watch.ensure_exists(maker, session_id)  # a 404 must come before the stream starts
+    # A 404 (no such session, or not this key's) must come before the stream starts.
+    await watch.ensure_exists(maker, session_id, viewer=principal)
     return EventSourceResponse(watch.event_stream(maker, session_id, after), ping=15)

@@ -20,7 +20,9 @@ from app.config import Settings
 from app.db.models import Agent, AgentCapability, CollabSession, SessionEvent, Task
 from app.errors import Conflict, InvalidInput, SessionNotFound
 from app.metrics import Metrics
+from app.ownership import Owner, visible_to
 from app.routing.policy import policy_from_settings
+from app.security import Principal
 from app.signals import Signals
 from app.tasks.lifecycle import db_now
 from app.tasks.schemas import NAME_PATTERN
@@ -104,7 +106,13 @@ def _stored_spec(body: SessionCreate, settings: Settings, participants: tuple[st
 
 
 async def create_session(
-    session: AsyncSession, settings: Settings, body: SessionCreate, *, signals: Signals, metrics: Metrics
+    session: AsyncSession,
+    settings: Settings,
+    body: SessionCreate,
+    *,
+    owner: Owner,
+    signals: Signals,
+    metrics: Metrics,
 ) -> SessionOut:
     if body.strategy != "chain" and not body.task.capabilities:
         raise _invalid(
@@ -153,6 +161,8 @@ async def create_session(
         error=None,
         finished_at=None,
         version=1,
+        owner_key_id=owner.key_id,  # its subtasks are the owner's too (engine._submit)
+        project=owner.project,
     )
     now = await db_now(session)
     budget = body.budget.max_cost if body.budget else settings.cost_limit_per_session
@@ -169,17 +179,33 @@ async def create_session(
     return await session_view(session, row.id)
 
 
-async def get_session(session: AsyncSession, session_id: uuid.UUID) -> CollabSession:
-    row = await session.get(CollabSession, session_id, populate_existing=True)
+async def get_session(
+    session: AsyncSession, session_id: uuid.UUID, *, viewer: Principal, lock: bool = False
+) -> CollabSession:
+    """The session, if ``viewer`` may see it; otherwise the same 404 as for an id that does not exist."""
+    query = select(CollabSession).where(CollabSession.id == session_id)
+    if (visible := visible_to(viewer, CollabSession)) is not None:
+        query = query.where(visible)
+    if lock:
+        query = query.with_for_update()
+    row = await session.scalar(query.execution_options(populate_existing=True))
     if row is None:
         raise SessionNotFound(f"no session with id {session_id}")
     return row
 
 
 async def list_sessions(
-    session: AsyncSession, *, status: str | None, strategy: str | None, cursor: str | None, limit: int
+    session: AsyncSession,
+    *,
+    viewer: Principal,
+    status: str | None,
+    strategy: str | None,
+    cursor: str | None,
+    limit: int,
 ) -> tuple[list[CollabSession], str | None]:
     query = select(CollabSession)
+    if (visible := visible_to(viewer, CollabSession)) is not None:
+        query = query.where(visible)
     if status:
         query = query.where(CollabSession.status == status)
     if strategy:
@@ -202,13 +228,12 @@ async def cancel_session(
     session: AsyncSession,
     session_id: uuid.UUID,
     *,
+    viewer: Principal,
     signals: Signals,
     metrics: Metrics,
     reason: str = "cancelled by client",
 ) -> SessionOut:
-    row = await session.get(CollabSession, session_id, with_for_update=True, populate_existing=True)
-    if row is None:
-        raise SessionNotFound(f"no session with id {session_id}")
+    row = await get_session(session, session_id, viewer=viewer, lock=True)
     if row.status != engine.RUNNING:
         raise Conflict(f"the session is already {row.status}; only a running session can be cancelled")
     row.cost = sum(task.cost for task in await engine.subtasks(session, row.id))
@@ -274,5 +299,8 @@ def to_out(row: CollabSession, subtasks: Sequence[Task] | None = None) -> Sessio
 
 
 async def session_view(session: AsyncSession, session_id: uuid.UUID) -> SessionOut:
-    row = await get_session(session, session_id)
+    """The session with its subtasks, for a caller that has already checked who may see it."""
+    row = await session.get(CollabSession, session_id, populate_existing=True)
+    if row is None:
+        raise SessionNotFound(f"no session with id {session_id}")
     return to_out(row, await engine.subtasks(session, row.id))

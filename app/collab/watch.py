@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.collab import engine, service
 from app.collab.schemas import SessionOut
+from app.security import Principal
 
 # Seconds between looks: sessions are stepped by whichever replica's runner gets there first, so there is
 # no local signal to wait on.
@@ -19,22 +20,26 @@ POLL = 0.5
 
 
 async def wait_for_end(
-    maker: async_sessionmaker[AsyncSession], session_id: uuid.UUID, wait: float
+    maker: async_sessionmaker[AsyncSession], session_id: uuid.UUID, wait: float, *, viewer: Principal
 ) -> SessionOut:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
         async with maker() as session:
-            row = await service.get_session(session, session_id)  # the row alone: subtasks only at the end
+            row = await service.get_session(
+                session, session_id, viewer=viewer
+            )  # the row alone: subtasks only at the end
             remaining = deadline - loop.time()
             if row.status != engine.RUNNING or remaining <= 0:
                 return await service.session_view(session, session_id)
         await asyncio.sleep(min(POLL, remaining))
 
 
-async def ensure_exists(maker: async_sessionmaker[AsyncSession], session_id: uuid.UUID) -> None:
+async def ensure_exists(
+    maker: async_sessionmaker[AsyncSession], session_id: uuid.UUID, *, viewer: Principal
+) -> None:
     async with maker() as session:
-        await service.get_session(session, session_id)
+        await service.get_session(session, session_id, viewer=viewer)
 
 
 async def event_stream(

@@ -97,6 +97,10 @@ class CollabSession(Base):
     updated_at: Mapped[datetime] = _now()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     version: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
+    # Who created it (app.ownership): the API key and that key's project. NULL for sessions from before
+    # ownership and for the environment's admin key: only admins see those.
+    owner_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    project: Mapped[str | None] = mapped_column(Text)
 
 
 class Task(Base):
@@ -117,6 +121,44 @@ class Task(Base):
         ),
         Index("ix_tasks_status_created_at", "status", "created_at"),
         UniqueConstraint("session_id", "session_key", name="uq_tasks_session_id_session_key"),
+        # A client's listing (app.ownership): a project's tasks, or a key's own when it has no project.
+        Index(
+            "ix_tasks_project_created_at",
+            "project",
+            "created_at",
+            postgresql_where=text("project IS NOT NULL"),
+        ),
+        Index(
+            "ix_tasks_owner_key_id_created_at",
+            "owner_key_id",
+            "created_at",
+            postgresql_where=text("project IS NULL AND owner_key_id IS NOT NULL"),
+        ),
+        # An idempotency key is unique within its owner: the project when the submitting key has one, else
+        # the key; rows without an owner (the env admin key, rows from before ownership) share one space.
+        # Partial indexes, since NULLs are distinct in a unique index; rows without a key cost no entry.
+        Index(
+            "uq_tasks_project_idempotency_key",
+            "project",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("project IS NOT NULL AND idempotency_key IS NOT NULL"),
+        ),
+        Index(
+            "uq_tasks_owner_key_id_idempotency_key",
+            "owner_key_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text(
+                "project IS NULL AND owner_key_id IS NOT NULL AND idempotency_key IS NOT NULL"
+            ),
+        ),
+        Index(
+            "uq_tasks_unowned_idempotency_key",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("project IS NULL AND owner_key_id IS NULL AND idempotency_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -145,7 +187,11 @@ class Task(Base):
     input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
     output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
     cost: Mapped[float] = mapped_column(Double, nullable=False, server_default=text("0"))
-    idempotency_key: Mapped[str | None] = mapped_column(Text, unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    # Who submitted it (app.ownership): the API key and that key's project; a session's subtasks are its
+    # owner's. NULL for tasks from before ownership and for the environment's admin key: admins only.
+    owner_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    project: Mapped[str | None] = mapped_column(Text)
     session_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid, ForeignKey("collab_sessions.id", ondelete="SET NULL"), index=True
     )
@@ -233,6 +279,8 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(Text, nullable=False)
     secret_hash: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
     scopes: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    # Keys of one project share their tasks and sessions (app.ownership); NULL: the key's own only.
+    project: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

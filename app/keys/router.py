@@ -13,7 +13,7 @@ router = APIRouter(prefix="/keys", tags=["keys"])
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
 async def create_key(body: KeyCreate, session: SessionDep, _: AdminDep) -> KeyCreated:
-    key, secret = await service.create_key(session, name=body.name, scopes=body.scopes)
+    key, secret = await service.create_key(session, name=body.name, scopes=body.scopes, project=body.project)
     return KeyCreated.model_validate({**KeyOut.model_validate(key).model_dump(), "secret": secret})
 
 

@@ -5,6 +5,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.ownership import PROJECT_PATTERN
 from app.security import Scope
 
 
@@ -13,6 +14,11 @@ class KeyCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=100)
     scopes: list[Scope] = Field(min_length=1, max_length=3)
+    project: str | None = Field(
+        default=None,
+        pattern=PROJECT_PATTERN,
+        description="Keys of one project see (and cancel) each other's tasks and sessions.",
+    )
 
 
 class KeyOut(BaseModel):
@@ -22,6 +28,7 @@ class KeyOut(BaseModel):
     name: str
     prefix: str
     scopes: list[str]
+    project: str | None
     created_at: datetime
     revoked_at: datetime | None
 

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import ApiKey
-from app.errors import NotFound
+from app.errors import InvalidInput, NotFound
+from app.ownership import PROJECT_PATTERN
 from app.security import Scope, display_prefix, generate_secret, hash_secret
 
 
-async def create_key(session: AsyncSession, *, name: str, scopes: list[Scope]) -> tuple[ApiKey, str]:
+async def create_key(
+    session: AsyncSession, *, name: str, scopes: list[Scope], project: str | None = None
+) -> tuple[ApiKey, str]:
+    if project is not None and not re.match(PROJECT_PATTERN, project):
+        message = f"project {project!r} is not a valid name ({PROJECT_PATTERN})"
+        raise InvalidInput(message, errors=[{"field": "project", "message": message, "type": "value_error"}])
     secret = generate_secret()
     key = ApiKey(
         name=name,
         prefix=display_prefix(secret),
         secret_hash=hash_secret(secret),
         scopes=sorted({scope.value for scope in scopes}),
+        project=project,
     )
     session.add(key)
     await session.commit()

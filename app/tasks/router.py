@@ -8,6 +8,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from app.db.session import engine_of
 from app.deps import ClientDep, MakerDep, SessionDep, SettingsDep, SignalsDep
+from app.ownership import Owner
 from app.responses import json_response
 from app.sse import resume_after
 from app.tasks import service, watch
@@ -27,9 +28,9 @@ router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TaskOut)
 async def submit_task(
-    body: TaskCreate, maker: MakerDep, settings: SettingsDep, signals: SignalsDep, _: ClientDep
+    body: TaskCreate, maker: MakerDep, settings: SettingsDep, signals: SignalsDep, principal: ClientDep
 ) -> Response:
-    task, created = await service.submit(engine_of(maker), settings, body)
+    task, created = await service.submit(engine_of(maker), settings, body, owner=Owner.of(principal))
     signals.work_available()  # this replica's dispatcher at once; the NOTIFY tells the others
     return json_response(
         task,
@@ -41,9 +42,9 @@ async def submit_task(
 
 @router.post(":batch", status_code=status.HTTP_201_CREATED, response_model=TaskBatchOut)
 async def submit_batch(
-    body: TaskBatchCreate, maker: MakerDep, settings: SettingsDep, signals: SignalsDep, _: ClientDep
+    body: TaskBatchCreate, maker: MakerDep, settings: SettingsDep, signals: SignalsDep, principal: ClientDep
 ) -> Response:
-    tasks = await service.submit_batch(engine_of(maker), settings, body.tasks)
+    tasks = await service.submit_batch(engine_of(maker), settings, body.tasks, owner=Owner.of(principal))
     signals.work_available()
     return json_response(TaskBatchOut(tasks=tasks), status_code=status.HTTP_201_CREATED)
 
@@ -51,7 +52,7 @@ async def submit_batch(
 @router.get("", response_model=TaskList)
 async def list_tasks(
     session: SessionDep,
-    _: ClientDep,
+    principal: ClientDep,
     status: TaskStatusName | None = None,
     type: str | None = None,
     agent_id: str | None = None,
@@ -61,6 +62,7 @@ async def list_tasks(
 ) -> TaskList:
     tasks, next_cursor = await service.list_tasks(
         session,
+        viewer=principal,
         status=status,
         task_type=type,
         agent_id=agent_id,
@@ -76,10 +78,10 @@ async def get_task(
     task_id: uuid.UUID,
     maker: MakerDep,
     signals: SignalsDep,
-    _: ClientDep,
+    principal: ClientDep,
     wait: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for a terminal state.")] = 0,
 ) -> TaskOut:
-    return service.to_out(await watch.wait_until_terminal(maker, signals, task_id, wait))
+    return service.to_out(await watch.wait_until_terminal(maker, signals, task_id, wait, viewer=principal))
 
 
 @router.get("/{task_id}/events")
@@ -88,22 +90,26 @@ async def task_events(
     request: Request,
     maker: MakerDep,
     signals: SignalsDep,
-    _: ClientDep,
+    principal: ClientDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     after = resume_after(request, last_event_id)
-    await watch.ensure_task_exists(maker, task_id)  # a 404 must come before the stream starts
+    # A 404 (no such task, or not this key's) must come before the stream starts; who owns a task never
+    # changes, so the stream itself need not check again.
+    await watch.ensure_task_exists(maker, task_id, viewer=principal)
     return EventSourceResponse(watch.event_stream(maker, signals, task_id, after), ping=15)
 
 
 @router.post("/{task_id}/cancel", response_model=TaskOut)
-async def cancel_task(task_id: uuid.UUID, session: SessionDep, signals: SignalsDep, _: ClientDep) -> TaskOut:
-    task = await service.cancel_task(session, task_id)
+async def cancel_task(
+    task_id: uuid.UUID, session: SessionDep, signals: SignalsDep, principal: ClientDep
+) -> TaskOut:
+    task = await service.cancel_task(session, task_id, viewer=principal)
     signals.task_changed(task.id)
     return service.to_out(task)
 
 
 @router.get("/{task_id}/assignments", response_model=AssignmentList)
-async def task_assignments(task_id: uuid.UUID, session: SessionDep, _: ClientDep) -> AssignmentList:
-    assignments = await service.list_assignments(session, task_id)
+async def task_assignments(task_id: uuid.UUID, session: SessionDep, principal: ClientDep) -> AssignmentList:
+    assignments = await service.list_assignments(session, task_id, viewer=principal)
     return AssignmentList(items=[AssignmentOut.model_validate(a) for a in assignments])

@@ -7,16 +7,18 @@ import functools
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy import Table, and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
 from app.db import raw
 from app.db.models import Assignment, Task, TaskEvent
 from app.errors import InvalidInput, TaskConflict, TaskNotFound
+from app.ownership import Owner, visible_to
+from app.security import Principal
 from app.tasks.schemas import TaskCreate, TaskOut, UsageOut
 from app.tasks.states import TERMINAL, TaskStatus, transition
 from app.tasks.states import TaskEvent as Ev
@@ -36,16 +38,13 @@ async def notify(session: AsyncSession, message: dict[str, Any]) -> None:
 _INSERTED = (
     "id", "type", "required_capabilities", "payload", "priority", "max_attempts", "timeout", "queue_timeout",
     "model", "strategy", "max_cost", "estimated_tokens", "agent_ids", "idempotency_key", "session_id",
-    "session_key",
+    "session_key", "owner_key_id", "project",
 )  # fmt: skip
-_TYPES = (
-    "uuid", "text", "text[]", "jsonb", "int", "int", "float8", "float8", "text", "text", "float8", "int",
-    "text[]", "text", "uuid", "text",
-)  # fmt: skip
+_TYPES = tuple(raw.pg_type(cast(Table, Task.__table__).c[name]) for name in _INSERTED)
 # One statement for a whole submission, whatever its size: the rows travel as one JSON document (so array
 # columns need no special casing), the database's clock stamps them, their "submitted" events go in beside
 # them, and other replicas hear of the work when (and only if) it commits. A row that repeats an idempotency
-# or session key is skipped here and looked up afterwards.
+# key (within its owner, app.ownership) or a session key is skipped here and looked up afterwards.
 _INSERT_TASKS = f"""WITH v AS (
     SELECT * FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS ({", ".join(f"{n} {t}" for n, t in zip(_INSERTED, _TYPES, strict=True))}))
         WITH ORDINALITY AS v({", ".join(_INSERTED)}, ord)
@@ -68,6 +67,7 @@ def _row(
     spec: TaskCreate,
     settings: Settings,
     *,
+    owner: Owner,
     session_id: uuid.UUID | None,
     session_key: str | None,
 ) -> dict[str, Any]:
@@ -96,6 +96,8 @@ def _row(
         "idempotency_key": spec.idempotency_key,
         "session_id": session_id,
         "session_key": session_key,
+        "owner_key_id": owner.key_id,
+        "project": owner.project,
     }
 
 
@@ -104,13 +106,15 @@ async def insert_tasks(
     settings: Settings,
     specs: Sequence[TaskCreate],
     *,
+    owner: Owner,
     session_id: uuid.UUID | None = None,
     session_keys: Sequence[str] | None = None,
 ) -> list[tuple[TaskOut, bool]]:
-    """Insert on the caller's connection (in its transaction, if any); each task in order, and whether new."""
+    """Insert on the caller's connection (in its transaction, if any); each task in order, and whether new.
+    ``owner`` comes from the principal the request was authenticated as: recording it costs no query."""
     keys = list(session_keys) if session_keys is not None else [None] * len(specs)
     rows = [
-        _row(spec, settings, session_id=session_id, session_key=key)
+        _row(spec, settings, owner=owner, session_id=session_id, session_key=key)
         for spec, key in zip(specs, keys, strict=True)
     ]
     # default=str: ids read through asyncpg are its own UUID subclass, which orjson does not know.
@@ -123,8 +127,23 @@ async def insert_tasks(
     return [await _existing_or_created(db, row, created) for row in rows]
 
 
-_EXISTING_BY_KEY = "SELECT * FROM tasks WHERE idempotency_key = $1"
+# One statement per idempotency space, each matching one partial unique index (app.db.models), so the
+# lookup is an index probe whatever plan asyncpg's prepared statement settles on.
+_EXISTING_IN_PROJECT = "SELECT * FROM tasks WHERE project = $1 AND idempotency_key = $2"
+_EXISTING_OF_KEY = "SELECT * FROM tasks WHERE project IS NULL AND owner_key_id = $1 AND idempotency_key = $2"
+_EXISTING_UNOWNED = (
+    "SELECT * FROM tasks WHERE project IS NULL AND owner_key_id IS NULL AND idempotency_key = $1"
+)
 _EXISTING_BY_SESSION_KEY = "SELECT * FROM tasks WHERE session_id = $1 AND session_key = $2"
+
+
+async def _existing_by_key(db: raw.Driver, row: Mapping[str, Any]) -> Any:
+    key = row["idempotency_key"]
+    if row["project"] is not None:
+        return await db.fetchrow(_EXISTING_IN_PROJECT, row["project"], key)
+    if row["owner_key_id"] is not None:
+        return await db.fetchrow(_EXISTING_OF_KEY, row["owner_key_id"], key)
+    return await db.fetchrow(_EXISTING_UNOWNED, key)
 
 
 async def _existing_or_created(
@@ -133,7 +152,7 @@ async def _existing_or_created(
     if row["id"] in created:
         return out_of_row(created[row["id"]]), True
     if row["idempotency_key"] is not None:
-        existing = await db.fetchrow(_EXISTING_BY_KEY, row["idempotency_key"])
+        existing = await _existing_by_key(db, row)
     else:
         existing = await db.fetchrow(_EXISTING_BY_SESSION_KEY, row["session_id"], row["session_key"])
     if existing is None:  # the conflicting row vanished between the insert and this read
@@ -141,23 +160,35 @@ async def _existing_or_created(
     return out_of_row(existing), False
 
 
-async def submit(engine: AsyncEngine, settings: Settings, spec: TaskCreate) -> tuple[TaskOut, bool]:
+async def submit(
+    engine: AsyncEngine, settings: Settings, spec: TaskCreate, *, owner: Owner
+) -> tuple[TaskOut, bool]:
     # One task is one statement (the task, its event and the NOTIFY together), atomic on its own, so it runs
     # without BEGIN and COMMIT round trips; a repeated key reads the task it repeats, having written nothing.
     async with raw.connection(engine) as db:
-        [(task, created)] = await insert_tasks(db, settings, [spec])
+        [(task, created)] = await insert_tasks(db, settings, [spec], owner=owner)
     return task, created
 
 
-async def submit_batch(engine: AsyncEngine, settings: Settings, specs: Sequence[TaskCreate]) -> list[TaskOut]:
+async def submit_batch(
+    engine: AsyncEngine, settings: Settings, specs: Sequence[TaskCreate], *, owner: Owner
+) -> list[TaskOut]:
     # A transaction: should a repeated key's task not be found, none of the batch is kept (all or nothing).
     async with raw.transaction(engine) as db:
-        results = await insert_tasks(db, settings, specs)
+        results = await insert_tasks(db, settings, specs, owner=owner)
     return [task for task, _ in results]
 
 
-async def get_task(session: AsyncSession, task_id: uuid.UUID) -> Task:
-    task = await session.get(Task, task_id, populate_existing=True)
+async def get_task(
+    session: AsyncSession, task_id: uuid.UUID, *, viewer: Principal, lock: bool = False
+) -> Task:
+    """The task, if ``viewer`` may see it; otherwise the same 404 as for an id that does not exist."""
+    query = select(Task).where(Task.id == task_id)
+    if (visible := visible_to(viewer, Task)) is not None:
+        query = query.where(visible)
+    if lock:
+        query = query.with_for_update()
+    task = await session.scalar(query.execution_options(populate_existing=True))
     if task is None:
         raise TaskNotFound(f"no task with id {task_id}")
     return task
@@ -181,6 +212,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 async def list_tasks(
     session: AsyncSession,
     *,
+    viewer: Principal,
     status: str | None,
     task_type: str | None,
     agent_id: str | None,
@@ -189,6 +221,8 @@ async def list_tasks(
     limit: int,
 ) -> tuple[list[Task], str | None]:
     query = select(Task)
+    if (visible := visible_to(viewer, Task)) is not None:
+        query = query.where(visible)
     if status:
         query = query.where(Task.status == status)
     if task_type:
@@ -208,11 +242,9 @@ async def list_tasks(
 
 
 async def cancel_task(
-    session: AsyncSession, task_id: uuid.UUID, *, reason: str = "cancelled by client"
+    session: AsyncSession, task_id: uuid.UUID, *, viewer: Principal, reason: str = "cancelled by client"
 ) -> Task:
-    task = await session.get(Task, task_id, with_for_update=True, populate_existing=True)
-    if task is None:
-        raise TaskNotFound(f"no task with id {task_id}")
+    task = await get_task(session, task_id, viewer=viewer, lock=True)
     if task.status in TERMINAL:
         raise TaskConflict(f"the task is already {task.status}; only open tasks can be cancelled")
     await cancel_open_task(session, task, reason=reason)
@@ -252,8 +284,10 @@ async def cancel_open_task(session: AsyncSession, task: Task, *, reason: str) ->
     await session.refresh(task)
 
 
-async def list_assignments(session: AsyncSession, task_id: uuid.UUID) -> list[Assignment]:
-    await get_task(session, task_id)
+async def list_assignments(
+    session: AsyncSession, task_id: uuid.UUID, *, viewer: Principal
+) -> list[Assignment]:
+    await get_task(session, task_id, viewer=viewer)
     query = (
         select(Assignment)
         .where(Assignment.task_id == task_id)

@@ -11,6 +11,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Task
+from app.security import Principal
 from app.signals import Signals
 from app.tasks import service
 from app.tasks.states import TERMINAL
@@ -19,22 +20,29 @@ POLL = 0.5  # seconds between looks when no local signal arrives (changes made o
 
 
 async def wait_until_terminal(
-    maker: async_sessionmaker[AsyncSession], signals: Signals, task_id: uuid.UUID, wait: float
+    maker: async_sessionmaker[AsyncSession],
+    signals: Signals,
+    task_id: uuid.UUID,
+    wait: float,
+    *,
+    viewer: Principal,
 ) -> Task:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
         async with maker() as session:
-            task = await service.get_task(session, task_id)
+            task = await service.get_task(session, task_id, viewer=viewer)
         remaining = deadline - loop.time()
         if task.status in TERMINAL or remaining <= 0:
             return task
         await signals.wait_task(task_id, min(POLL, remaining))
 
 
-async def ensure_task_exists(maker: async_sessionmaker[AsyncSession], task_id: uuid.UUID) -> None:
+async def ensure_task_exists(
+    maker: async_sessionmaker[AsyncSession], task_id: uuid.UUID, *, viewer: Principal
+) -> None:
     async with maker() as session:
-        await service.get_task(session, task_id)
+        await service.get_task(session, task_id, viewer=viewer)
 
 
 async def event_stream(

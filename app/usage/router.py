@@ -13,6 +13,6 @@ router = APIRouter(tags=["usage"])
 
 @router.get("/usage", response_model=UsageReport)
 async def usage(
-    session: SessionDep, _: ClientDep, group_by: UsageGroup = "model", since: datetime | None = None
+    session: SessionDep, principal: ClientDep, group_by: UsageGroup = "model", since: datetime | None = None
 ) -> UsageReport:
-    return await service.usage(session, group_by=group_by, since=since)
+    return await service.usage(session, viewer=principal, group_by=group_by, since=since)

@@ -1,4 +1,7 @@
-"""Tokens and cost, from every finished attempt (a retried task's failed attempts cost money too)."""
+"""Tokens and cost, from every finished attempt (a retried task's failed attempts cost money too).
+
+A client key's report covers the tasks it may see (app.ownership: its own, or its project's); an admin's
+covers every task."""
 
 from __future__ import annotations
 
@@ -8,10 +11,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Assignment, Task
+from app.ownership import visible_to
+from app.security import Principal
 from app.usage.schemas import UsageGroup, UsageReport, UsageRow
 
 
-async def usage(session: AsyncSession, *, group_by: UsageGroup, since: datetime | None) -> UsageReport:
+async def usage(
+    session: AsyncSession, *, viewer: Principal, group_by: UsageGroup, since: datetime | None
+) -> UsageReport:
     key = {"model": Assignment.model, "agent": Assignment.agent_id, "task_type": Task.type}[group_by]
     query = (
         select(
@@ -28,6 +35,8 @@ async def usage(session: AsyncSession, *, group_by: UsageGroup, since: datetime 
     )
     if since is not None:
         query = query.where(Assignment.finished_at >= since)
+    if (visible := visible_to(viewer, Task)) is not None:
+        query = query.where(visible)
     rows = [
         UsageRow(key=str(k), attempts=n, input_tokens=int(i), output_tokens=int(o), cost=float(c))
         for k, n, i, o, c in (await session.execute(query)).tuples()

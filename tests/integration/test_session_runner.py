@@ -19,6 +19,7 @@ from app.config import Settings, load_settings
 from app.db.models import CollabSession, SessionEvent, Task
 from app.db.session import create_engine, create_sessionmaker
 from app.metrics import Metrics
+from app.ownership import NOBODY
 from app.signals import Signals
 
 Maker = async_sessionmaker[AsyncSession]
@@ -52,7 +53,12 @@ async def create(maker: Maker, settings: Settings, **overrides: Any) -> SessionO
     }
     async with maker() as db:
         return await service.create_session(
-            db, settings, SessionCreate.model_validate(body), signals=Signals(), metrics=Metrics()
+            db,
+            settings,
+            SessionCreate.model_validate(body),
+            owner=NOBODY,
+            signals=Signals(),
+            metrics=Metrics(),
         )
 
 
