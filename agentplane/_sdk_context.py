@@ -13,7 +13,15 @@ from typing import Any
 
 from pydantic_core import PydanticSerializationError
 
-from app.gateway.protocol import Assign, Progress, Result, ResultError, Usage
+from app.gateway.protocol import (
+    Assign,
+    Progress,
+    Result,
+    ResultError,
+    Usage,
+    invalid_result,
+    result_problem,
+)
 
 Handler = Callable[["TaskContext"], Any]
 """A sync or async callable taking a TaskContext and returning the output (or a HandlerResult)."""
@@ -150,6 +158,9 @@ async def run_handler(handler: Handler, ctx: TaskContext) -> Result | None:
 def encode_result(result: Result, max_bytes: int) -> str:
     """The result as frame text; an output that cannot be sent becomes a failed result instead, because a
     frame the server refuses would never be acknowledged and would be resent forever."""
+    problem = result_problem(result)
+    if problem is not None:  # the server would refuse to store it (NUL, a 64-bit overflow, too deep)
+        return invalid_result(result, problem).dump().decode()
     try:
         raw = result.dump()
     except (TypeError, ValueError, PydanticSerializationError) as exc:

@@ -23,7 +23,14 @@ logger = logging.getLogger("agentplane.sdk")
 _T = TypeVar("_T")
 
 # Reconnecting would only be refused again: the key, the model or the agent itself is not welcome.
-FATAL_CLOSES = frozenset({CloseCode.UNAUTHORIZED, CloseCode.MODEL_NOT_ALLOWED, CloseCode.DEREGISTERED})
+FATAL_CLOSES = frozenset(
+    {
+        CloseCode.UNAUTHORIZED,
+        CloseCode.MODEL_NOT_ALLOWED,
+        CloseCode.UNSUPPORTED_PROTOCOL,
+        CloseCode.DEREGISTERED,
+    }
+)
 # 0.2-0.5 s first, doubling to a 5 s cap; the jitter spreads a fleet reconnecting after a server restart.
 _RECONNECT_WAIT = wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.3)
 # What we accept from the server: well above its 1 MiB default for agent frames, since assigns carry payloads.
@@ -31,7 +38,8 @@ _MAX_INCOMING_BYTES = 16 * 1024 * 1024
 
 
 class AgentRejected(Exception):
-    """The server refused this agent for good (close 4001, 4003 or 4011, or HTTP 401/403 at the handshake)."""
+    """The server refused this agent for good (close 4001, 4003, 4004 or 4011, or HTTP 401/403 at the
+    handshake)."""
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(f"agent rejected by the server ({code}): {reason}")

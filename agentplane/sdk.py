@@ -291,7 +291,9 @@ class Agent:
             self._draining = True
         elif isinstance(frame, wire.ErrorFrame):
             logger.warning("server error %s: %s (ref %s)", frame.code, frame.message, frame.ref)
-            if frame.code == WsErrorCode.UNKNOWN_ASSIGNMENT:
+            # Resending would be refused again: an unknown assignment, or a result the server cannot store
+            # (it records a failure in its place and acknowledges that).
+            if frame.code in (WsErrorCode.UNKNOWN_ASSIGNMENT, WsErrorCode.INVALID_RESULT):
                 self._jobs.forget(frame.ref)
         elif frame is None:
             if (assignment_id := unparsed_assignment(raw)) is not None:

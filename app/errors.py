@@ -161,12 +161,16 @@ class WsErrorCode(StrEnum):
     UNKNOWN_ASSIGNMENT = "unknown_assignment"
     TOO_LARGE = "too_large"
     RATE_LIMITED = "rate_limited"
+    INVALID_RESULT = "invalid_result"  # a result storage refuses; recorded as a failure and acknowledged
 
 
 class CloseCode(IntEnum):
+    INTERNAL_ERROR = 1011  # an unexpected server error (not an outage); reconnect
+    TRY_AGAIN_LATER = 1013  # the database is unavailable, or the agent stopped reading; reconnect
     UNAUTHORIZED = 4001
     PROTOCOL_VIOLATION = 4002
     MODEL_NOT_ALLOWED = 4003
+    UNSUPPORTED_PROTOCOL = 4004
     REPLACED = 4009
     SERVER_DRAINING = 4010
     DEREGISTERED = 4011

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,15 +125,25 @@ async def register(
 
 
 async def disconnect(
-    session: AsyncSession, agent_id: str, *, replica_id: str, version: int
+    session: AsyncSession,
+    agent_id: str,
+    *,
+    replica_id: str,
+    version: int,
+    undelivered: Collection[uuid.UUID] = (),
 ) -> lifecycle.Outcome:
     """The socket of registration ``version`` on ``replica_id`` closed: its work goes back to the queue and
-    the agent is offline at once. A no-op when a newer registration (on any replica) owns the agent."""
+    the agent is offline at once. A no-op when a newer registration (on any replica) owns the agent.
+    ``undelivered``: assignments whose `assign` never reached the socket; they cost their task no attempt."""
     current = await session.scalar(select(Agent.version).where(Agent.id == agent_id))
     if current != version:
         return lifecycle.Outcome()
     outcome = await recovery.requeue_open_assignments(
-        session, agent_ids=[agent_id], replica_id=replica_id, reason="agent disconnected"
+        session,
+        agent_ids=[agent_id],
+        replica_id=replica_id,
+        reason="agent disconnected",
+        undelivered=set(undelivered),
     )
     await session.execute(
         update(Agent)

@@ -2,8 +2,11 @@
 
 Frames are sharded by agent, so each agent's frames are applied in the order it sent them, while many
 agents share each commit. A result is acknowledged only after the commit that records it. A batch that
-fails is retried frame by frame, so one bad frame cannot hold back the others; a frame that still cannot be
-committed closes its agent's socket (1011): the agent reconnects and resends its unacknowledged results.
+fails is retried frame by frame, so one bad frame cannot hold back the others. A frame that still cannot be
+committed costs only itself: it gets an `error` frame, and a result is recorded as a failure of its
+assignment (`invalid_result`) and acknowledged, so the agent does not resend it forever. Only a database
+outage closes sockets, with 1013 (try again later): the agents reconnect and resend their unacknowledged
+results once the database is back.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import raw
+from app.db.outage import OUTAGES, is_outage
 from app.db.session import engine_of
-from app.errors import WsErrorCode
+from app.errors import CloseCode, WsErrorCode
 from app.gateway.connection import Connection
 from app.gateway.effects import Effects
-from app.gateway.protocol import Accept, Ack, ErrorFrame, Progress, Reject, Result
+from app.gateway.protocol import Accept, Ack, ErrorFrame, Progress, Reject, Result, invalid_result
 from app.routing.policy import price_table
 from app.routing.scoring import Price
 from app.tasks import lifecycle
@@ -84,26 +88,70 @@ class FrameBatcher:
                 items.append(queue.get_nowait())
             try:
                 await self._commit(items)
-            except Exception:
+            except Exception:  # a bug: the batch's frames go unacknowledged and their agents resend them
                 logger.exception("frame batch failed")
 
     async def _commit(self, items: list[Item]) -> None:
         try:
-            async with raw.transaction(self.engine) as db:
-                work = await Work.begin_raw(db)
-                await work.lock(item.frame.assignment_id for item in items)
-                outcomes = [self._apply(work, item) for item in items]
-                await work.flush()
-        except Exception:
-            if len(items) > 1:
+            outcomes = await self._write(items)
+        except Exception as exc:
+            if is_outage(exc):
+                OUTAGES.failed(exc)
+                for connection in {id(item.connection): item.connection for item in items}.values():
+                    connection.close(
+                        CloseCode.TRY_AGAIN_LATER, "the database is unavailable; try again later"
+                    )
+            elif len(items) > 1:
                 for item in items:
                     await self._commit([item])
-                return
-            logger.exception("could not record a frame", extra={"agent_id": items[0].connection.agent_id})
-            items[0].connection.close(1011, "could not record the frame; reconnect and resend")
+            else:
+                await self._isolate(items[0], exc)
             return
+        OUTAGES.succeeded()
         for item, outcome in zip(items, outcomes, strict=True):
             self._after(item, outcome)
+
+    async def _write(self, items: list[Item]) -> list[Outcome]:
+        async with raw.transaction(self.engine) as db:
+            work = await Work.begin_raw(db)
+            await work.lock(item.frame.assignment_id for item in items)
+            outcomes = [self._apply(work, item) for item in items]
+            await work.flush()
+        return outcomes
+
+    async def _isolate(self, item: Item, exc: Exception) -> None:
+        """A frame the database refuses while it is up (what the edge checks missed, or counters that would
+        overflow): the frame is refused on its own; a result fails its assignment instead (no usage)."""
+        connection, frame = item.connection, item.frame
+        cause = f"{type(exc).__name__}: {str(exc)[:200]}"
+        logger.warning(
+            "could not record a %s frame: %s", frame.type, cause, extra={"agent_id": connection.agent_id}
+        )
+        ref = str(frame.assignment_id)
+        if not isinstance(frame, Result):
+            message = f"the {frame.type} frame could not be recorded ({type(exc).__name__})"
+            connection.send(ErrorFrame(code=WsErrorCode.INVALID_MESSAGE, message=message, ref=ref))
+            return
+        failure = invalid_result(frame, f"the database refused it ({type(exc).__name__})", keep_usage=False)
+        message = f"result for assignment {ref} could not be recorded ({type(exc).__name__})"
+        try:
+            outcomes = await self._write([Item(connection, failure, item.received_at)])
+        except Exception as again:
+            if is_outage(again):
+                OUTAGES.failed(again)
+                connection.close(CloseCode.TRY_AGAIN_LATER, "the database is unavailable; try again later")
+                return
+            logger.exception("could not record a result as failed", extra={"agent_id": connection.agent_id})
+            connection.send(ErrorFrame(code=WsErrorCode.INVALID_RESULT, message=message, ref=ref))
+            return
+        connection.send(
+            ErrorFrame(
+                code=WsErrorCode.INVALID_RESULT,
+                message=f"{message}; recorded as failed (invalid_result)",
+                ref=ref,
+            )
+        )
+        self._after(Item(connection, failure, item.received_at), outcomes[0])
 
     def _apply(self, work: Work, item: Item) -> Outcome:
         agent_id, frame = item.connection.agent_id, item.frame

@@ -1,4 +1,9 @@
-"""Handles the frames of one registered agent. State changes go to the batcher; the rest is immediate."""
+"""Handles the frames of one registered agent. State changes go to the batcher; the rest is immediate.
+
+A `result` that storage would refuse (app.storable) is answered with an `error` frame (`invalid_result`,
+naming the field) and recorded as a non-retryable failure of its assignment, which is acknowledged like any
+result: the agent stops resending it, and its other work carries on.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from app.errors import WsErrorCode
 from app.gateway.batcher import FrameBatcher
 from app.gateway.connection import Connection
 from app.gateway.effects import Effects
+from app.gateway.failures import report_failure
 from app.gateway.protocol import (
     Accept,
     Drain,
@@ -22,13 +28,15 @@ from app.gateway.protocol import (
     Register,
     Reject,
     Result,
+    invalid_result,
+    result_problem,
 )
 
 logger = logging.getLogger(__name__)
 
 
 class DatabaseUnavailable(Exception):
-    """A frame could not be committed; the socket is closed so the agent reconnects and resends."""
+    """The database is unavailable; the socket is closed (1013) so the agent reconnects and resends."""
 
 
 class AgentChannel:
@@ -54,6 +62,8 @@ class AgentChannel:
             # the fleet's periodic resync puts the count right).
             self.effects.fleet.assignment_released(self.connection.agent_id, frame.assignment_id)
             self.effects.signals.capacity_freed()
+            if isinstance(frame, Result) and (problem := result_problem(frame)) is not None:
+                frame = self._poison(frame, problem)
             await self.batcher.put(self.connection, frame)
         elif isinstance(frame, Accept | Progress):
             await self.batcher.put(self.connection, frame)
@@ -70,6 +80,17 @@ class AgentChannel:
                 )
             )
 
+    def _poison(self, frame: Result, problem: str) -> Result:
+        logger.info("result refused: %s", problem, extra={"agent_id": self.connection.agent_id})
+        message = (
+            f"result for assignment {frame.assignment_id} cannot be stored: {problem}; "
+            "recorded as failed (invalid_result, not retried)"
+        )
+        self.connection.send(
+            ErrorFrame(code=WsErrorCode.INVALID_RESULT, message=message[:2000], ref=str(frame.assignment_id))
+        )
+        return invalid_result(frame, problem)
+
     async def _drain(self) -> None:
         agent_id = self.connection.agent_id
         try:
@@ -77,6 +98,12 @@ class AgentChannel:
                 await agents.set_status(session, agent_id, "draining")
                 await session.commit()
         except Exception as exc:
-            logger.exception("could not record a drain", extra={"agent_id": agent_id})
-            raise DatabaseUnavailable(str(exc)) from exc
+            if report_failure(logger, exc, "could not record a drain", agent_id=agent_id):
+                raise DatabaseUnavailable(str(exc)) from exc
+            self.connection.send(
+                ErrorFrame(
+                    code=WsErrorCode.INVALID_MESSAGE, message="the drain could not be recorded", ref="drain"
+                )
+            )
+            return
         self.effects.fleet.agent_status(agent_id, "draining")

@@ -2,6 +2,10 @@
 
 The writer task exists only while there is something to send: an idle agent (most of a large fleet) costs a
 deque and no task, which is what keeps ten thousand connected agents within the memory budget.
+
+A frame counts as delivered once the server's `send` has returned (it is in the transport then). An `assign`
+still in the outbox when the socket closes never reached the agent: its id goes to ``undelivered`` and the
+disconnect gives the task back to the queue without charging an attempt.
 """
 
 from __future__ import annotations
@@ -9,15 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections import deque
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from app.gateway.protocol import Frame
+from app.errors import CloseCode
+from app.gateway.protocol import Assign, Frame
+from app.gateway.transport import force_close
 
 logger = logging.getLogger(__name__)
 
 WRITE_QUEUE = 4096
+CLOSE_TIMEOUT = 1.0  # seconds the close frame may wait for the transport before it is forced out
+FORCED_CLOSE_GRACE = 10.0  # seconds a peer that stopped reading has to read the rest and the close frame
 
 
 class _Close:
@@ -28,35 +37,69 @@ class _Close:
         self.reason = reason
 
 
+class _Assign:
+    """An `assign` frame's text with its id, so an unsent one can be given back uncharged."""
+
+    __slots__ = ("assignment_id", "text")
+
+    def __init__(self, text: str, assignment_id: uuid.UUID) -> None:
+        self.text = text
+        self.assignment_id = assignment_id
+
+
+_Item = str | _Assign
+
+
 class Connection:
-    def __init__(self, websocket: WebSocket, *, agent_id: str, model: str, version: int = 0) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        *,
+        agent_id: str,
+        model: str,
+        version: int = 0,
+        key_id: uuid.UUID | None = None,
+    ) -> None:
         self.websocket = websocket
         self.agent_id = agent_id
         self.model = model
         self.version = version  # the registration this socket belongs to
+        self.key_id = key_id  # the API key it authenticated with (None: the environment's admin key)
         self.closed = False
         self.close_code: int | None = None
-        self._outbox: deque[str | _Close] = deque()
+        self.undelivered: list[uuid.UUID] = []  # assigns that never reached the socket
+        self._outbox: deque[_Item] = deque()
         self._writer: asyncio.Task[None] | None = None
+        self._in_flight: _Item | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.reader_stopped = False  # a forced close cancelled the reader (our cancellation, not shutdown's)
         self._pings: dict[str, asyncio.Future[None]] = {}
 
     def send(self, frame: Frame) -> bool:
         """Queue a frame; False when the socket is closing or the agent has stopped reading."""
-        return self.send_raw(frame.dump().decode())
+        text = frame.dump().decode()
+        return self._queue(_Assign(text, frame.assignment_id) if isinstance(frame, Assign) else text)
 
     def send_raw(self, text: str) -> bool:
+        return self._queue(text)
+
+    def _queue(self, item: _Item) -> bool:
         if self.closed:
             return False
         if len(self._outbox) >= WRITE_QUEUE:
             # An agent this far behind cannot be trusted with leases; dropping it requeues its work.
             logger.warning("agent not reading; closing", extra={"agent_id": self.agent_id})
-            self.close(1013, "send queue full")
+            self.close(CloseCode.TRY_AGAIN_LATER, "send queue full: the agent is not reading")
             return False
-        self._outbox.append(text)
-        self._wake_writer()
+        self._outbox.append(item)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
         return True
 
     def close(self, code: int, reason: str = "") -> None:
+        """Close with ``code``. A writer stuck on a peer that stopped reading is cancelled (uvicorn's send
+        waits for the transport before writing, so its frame was not written) and the close frame is forced
+        out after CLOSE_TIMEOUT; the reader is then stopped, so the disconnect is handled at once."""
         if self.closed:
             return
         self.closed = True
@@ -64,28 +107,62 @@ class Connection:
         for future in self._pings.values():
             if not future.done():
                 future.cancel()
-        # Frames still queued for a peer we are closing on are moot (their work is requeued on disconnect).
-        self._outbox.clear()
-        self._outbox.append(_Close(code, reason))
-        self._wake_writer()
+        self._drop_outbox()
+        writer = self._writer
+        if writer is not None and not writer.done():
+            writer.cancel()
+        self._writer = asyncio.get_running_loop().create_task(self._close(writer, code, reason))
 
-    def _wake_writer(self) -> None:
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._drain())
+    def bind_reader(self, task: asyncio.Task[None] | None) -> None:
+        """The task reading this socket (None once it stops reading): a forced close wakes it."""
+        self._reader = task
+
+    def _drop_outbox(self) -> None:
+        for item in self._outbox:
+            if isinstance(item, _Assign):
+                self.undelivered.append(item.assignment_id)
+        self._outbox.clear()
 
     async def _drain(self) -> None:
         try:
             while self._outbox:
-                item = self._outbox.popleft()
-                if isinstance(item, _Close):
-                    if self.websocket.application_state != WebSocketState.DISCONNECTED:
-                        with contextlib.suppress(Exception):
-                            await self.websocket.close(item.code, item.reason)
-                    return
-                await self.websocket.send_text(item)
+                item = self._in_flight = self._outbox.popleft()
+                await self.websocket.send_text(item if isinstance(item, str) else item.text)
+                self._in_flight = None
+        except asyncio.CancelledError:
+            # close() cancelled us while the send waited for the transport: the frame was not written.
+            if isinstance(self._in_flight, _Assign):
+                self.undelivered.append(self._in_flight.assignment_id)
+            self._in_flight = None
+            raise
         except Exception:  # the peer went away; the reader sees the disconnect and cleans up
             self.closed = True
-            self._outbox.clear()
+            self._in_flight = None
+            self._drop_outbox()
+
+    async def _close(self, writer: asyncio.Task[None] | None, code: int, reason: str) -> None:
+        if writer is not None:
+            await asyncio.gather(writer, return_exceptions=True)
+        if self.websocket.application_state == WebSocketState.DISCONNECTED:
+            return
+        try:
+            await asyncio.wait_for(self.websocket.close(code, reason), CLOSE_TIMEOUT)
+            return
+        except TimeoutError:
+            pass
+        except Exception:
+            return  # the peer is gone already
+        forced = force_close(self.websocket, code, reason, grace=FORCED_CLOSE_GRACE)
+        logger.info(
+            "close frame forced out (%s)",
+            code,
+            extra={"agent_id": self.agent_id, "forced": forced},
+        )
+        reader = self._reader
+        if reader is not None and not reader.done():
+            self._reader = None
+            self.reader_stopped = True
+            reader.cancel()
 
     async def drained(self, seconds: float) -> None:
         """Wait (up to ``seconds``) for the writer to finish what is queued, the close frame included."""

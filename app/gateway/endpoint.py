@@ -1,8 +1,13 @@
-"""`/ws/agents`: handshake auth, the register deadline, one reader loop per socket, cleanup on close."""
+"""`/ws/agents`: handshake auth, the register deadline, one reader loop per socket, cleanup on close.
+
+A database outage never becomes an HTTP 500 or a traceback per socket: the upgrade is accepted and closed
+with 1013 (try again later), logged once per outage (app.db.outage).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -13,13 +18,24 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.agents import service as agents
 from app.config import Settings
+from app.db.outage import OUTAGES
 from app.errors import AgentRejected, CloseCode, WsErrorCode
 from app.gateway.batcher import FrameBatcher
 from app.gateway.channel import AgentChannel, DatabaseUnavailable
 from app.gateway.connection import Connection
 from app.gateway.effects import Effects
+from app.gateway.failures import report_failure
 from app.gateway.hub import Hub
-from app.gateway.protocol import AGENT_FRAME, AGENT_FRAME_TYPES, ErrorFrame, Register, Registered
+from app.gateway.keywatch import KeyWatch
+from app.gateway.protocol import (
+    AGENT_FRAME_TYPES,
+    PROTOCOL_VERSION,
+    ErrorFrame,
+    Register,
+    Registered,
+    parse_agent_frame,
+)
+from app.gateway.ratelimit import PATIENT, FrameBucket
 from app.security import KeyCache, Principal, Scope, authenticate, bearer_token
 from app.tasks.work import Outcome
 
@@ -27,6 +43,8 @@ logger = logging.getLogger(__name__)
 router = APIRouter()
 
 MAX_BAD_FRAMES = 20
+MAX_LIMITED_FRAMES = 1000  # refused for the rate limit in a row: the peer is flooding, not busy (4002)
+OUTAGE_CLOSE = "the database is unavailable; try again later"
 
 
 @router.websocket("/ws/agents")
@@ -45,22 +63,27 @@ def parse_frame(text: str, max_bytes: int) -> Any:
     if len(text) > max_bytes or (len(text) * 4 > max_bytes and len(text.encode()) > max_bytes):
         raise BadFrame(WsErrorCode.TOO_LARGE, f"frame exceeds {max_bytes} bytes")
     try:
+        return parse_agent_frame(text)
+    except ValidationError as exc:
+        raise _refusal(text, exc) from None
+
+
+def _refusal(text: str, exc: ValidationError) -> BadFrame:
+    """Why a frame was refused, worked out again from the raw JSON (the rare path)."""
+    try:
         raw = orjson.loads(text)
     except orjson.JSONDecodeError:
-        raise BadFrame(WsErrorCode.INVALID_MESSAGE, "frame is not valid JSON") from None
+        return BadFrame(WsErrorCode.INVALID_MESSAGE, "frame is not valid JSON")
     if not isinstance(raw, dict):
-        raise BadFrame(WsErrorCode.INVALID_MESSAGE, "frame must be a JSON object with a `type`")
+        return BadFrame(WsErrorCode.INVALID_MESSAGE, "frame must be a JSON object with a `type`")
     kind = raw.get("type")
     if kind not in AGENT_FRAME_TYPES:
-        raise BadFrame(WsErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind!r}", str(kind))
-    try:
-        return AGENT_FRAME.validate_python(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'][1:]) or kind}: {err['msg']}" for err in exc.errors()
-        )
-        ref = raw.get("assignment_id") if isinstance(raw.get("assignment_id"), str) else kind
-        raise BadFrame(WsErrorCode.INVALID_MESSAGE, problems, ref) from None
+        return BadFrame(WsErrorCode.UNKNOWN_TYPE, f"unknown frame type {str(kind)[:100]!r}", str(kind)[:100])
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'][1:]) or kind}: {err['msg']}" for err in exc.errors()
+    )
+    ref = raw.get("assignment_id") if isinstance(raw.get("assignment_id"), str) else kind
+    return BadFrame(WsErrorCode.INVALID_MESSAGE, problems[:2000], str(ref)[:100])
 
 
 async def _receive_text(websocket: WebSocket) -> str | None:
@@ -88,18 +111,30 @@ class Gateway:
         self.effects = effects
         self.key_cache = key_cache
         self.batcher = FrameBatcher(settings=settings, sessionmaker=sessionmaker, effects=effects)
+        # Checked at twice the cache's pace, so a revoked key's sockets close within its window.
+        self.key_watch = KeyWatch(sessionmaker=sessionmaker, hub=hub, interval=key_cache.ttl / 2)
 
     async def start(self) -> None:
         await self.batcher.start()
+        await self.key_watch.start()
 
     async def stop(self) -> None:
+        await self.key_watch.stop()
         await self.batcher.stop()
 
     async def serve(self, websocket: WebSocket) -> None:
         token = bearer_token(websocket.headers.get("authorization")) or websocket.query_params.get("token")
         admin_key = self.settings.admin_key.get_secret_value() if self.settings.admin_key else None
-        async with self.sessionmaker() as session:
-            principal = await authenticate(session, token or "", admin_key=admin_key, cache=self.key_cache)
+        try:
+            async with self.sessionmaker() as session:
+                principal = await authenticate(
+                    session, token or "", admin_key=admin_key, cache=self.key_cache
+                )
+        except Exception as exc:
+            # Accepted and then closed, so the agent reads a close code it can act on, not an HTTP 500.
+            await websocket.accept()
+            await self._close_for(websocket, exc, "could not authenticate an agent socket")
+            return
         await websocket.accept()
         if principal is None or not principal.has_any(Scope.AGENT):
             reason = "invalid API key" if principal is None else "the key lacks the agent scope"
@@ -124,7 +159,11 @@ class Gateway:
                 error = exc.frame
             else:
                 if isinstance(frame, Register):
-                    return frame
+                    if frame.protocol == PROTOCOL_VERSION:
+                        return frame
+                    reason = f"unsupported protocol version {frame.protocol}; this server speaks "
+                    await websocket.close(CloseCode.UNSUPPORTED_PROTOCOL, f"{reason}{PROTOCOL_VERSION}"[:120])
+                    return None
                 error = ErrorFrame(
                     code=WsErrorCode.INVALID_MESSAGE, message="send `register` first", ref=frame.type
                 )
@@ -159,8 +198,16 @@ class Gateway:
             logger.info("agent refused: %s", exc.reason, extra={"model": register.model})
             await websocket.close(exc.close_code, exc.reason[:120])
             return
+        except Exception as exc:
+            await self._close_for(websocket, exc, "could not register an agent")
+            return
+        OUTAGES.succeeded()
         connection = Connection(
-            websocket, agent_id=registered.id, model=registered.model, version=registered.version
+            websocket,
+            agent_id=registered.id,
+            model=registered.model,
+            version=registered.version,
+            key_id=principal.key_id,
         )
         previous = self.hub.attach(connection)
         if previous is not None:
@@ -184,13 +231,31 @@ class Gateway:
         channel = AgentChannel(
             connection, sessionmaker=self.sessionmaker, batcher=self.batcher, effects=self.effects
         )
+        reader = asyncio.current_task()
+        connection.bind_reader(reader)
         try:
             await self._read_loop(websocket, connection, channel)
+        except asyncio.CancelledError:
+            # A forced close (the peer stopped reading) stops the reader so the disconnect is handled now;
+            # any other cancellation (shutdown) goes on.
+            if not connection.reader_stopped or (reader is not None and reader.uncancel() > 0):
+                raise
         finally:
+            connection.bind_reader(None)
             await self._cleanup(connection)
 
+    async def _close_for(self, websocket: WebSocket, exc: Exception, message: str) -> None:
+        """Close a socket whose setup failed: 1013 for a database outage (logged once), else 1011."""
+        if report_failure(logger, exc, message):
+            code, reason = CloseCode.TRY_AGAIN_LATER, OUTAGE_CLOSE
+        else:
+            code, reason = CloseCode.INTERNAL_ERROR, f"{message}; try again"
+        with contextlib.suppress(Exception):
+            await websocket.close(code, reason)
+
     async def _read_loop(self, websocket: WebSocket, connection: Connection, channel: AgentChannel) -> None:
-        bad = 0
+        bad = limited = 0
+        bucket = FrameBucket(self.settings.ws_frame_rate, self.settings.ws_frame_burst)
         while not connection.closed:
             text = await _receive_text(websocket)
             if text is None:
@@ -204,15 +269,41 @@ class Gateway:
                     connection.close(CloseCode.PROTOCOL_VIOLATION, "too many bad frames")
                 continue
             bad = 0
+            if wait := bucket.take():
+                if not isinstance(frame, PATIENT):
+                    limited += 1
+                    connection.send(self._rate_limited(frame))
+                    if limited >= MAX_LIMITED_FRAMES:
+                        connection.close(
+                            CloseCode.PROTOCOL_VIOLATION, "frame rate limit exceeded persistently"
+                        )
+                    continue
+                while wait:  # an answer is never dropped: it waits for its token (TCP slows the agent)
+                    await asyncio.sleep(wait)
+                    wait = bucket.take()
+            limited = 0
             try:
                 await channel.handle(frame)
             except DatabaseUnavailable:
-                connection.close(1011, "could not record the frame; reconnect and resend")
+                connection.close(CloseCode.TRY_AGAIN_LATER, OUTAGE_CLOSE)
+
+    def _rate_limited(self, frame: Any) -> ErrorFrame:
+        ref = getattr(frame, "assignment_id", None) or frame.type
+        rate = self.settings.ws_frame_rate
+        return ErrorFrame(
+            code=WsErrorCode.RATE_LIMITED,
+            message=f"more than {rate:g} frames/s (burst {self.settings.ws_frame_burst}); frame dropped",
+            ref=str(ref),
+        )
 
     async def _disconnect(self, connection: Connection) -> Outcome:
         async with self.sessionmaker() as session:
             outcome = await agents.disconnect(
-                session, connection.agent_id, replica_id=self.settings.replica_id, version=connection.version
+                session,
+                connection.agent_id,
+                replica_id=self.settings.replica_id,
+                version=connection.version,
+                undelivered=connection.undelivered,
             )
             await session.commit()
             return outcome
@@ -226,9 +317,9 @@ class Gateway:
         try:
             # Shielded with its own session and commit, so a cancelled handler (shutdown) still records it.
             outcome = await asyncio.shield(self._disconnect(connection))
-        except Exception:
+        except Exception as exc:
             # The reaper recovers the leases when they lapse; nothing is lost, only delayed.
-            logger.exception("could not mark agent offline", extra={"agent_id": connection.agent_id})
+            report_failure(logger, exc, "could not mark agent offline", agent_id=connection.agent_id)
             return
         logger.info("agent disconnected", extra={"agent_id": connection.agent_id})
         self.effects.after_commit(outcome, reason="agent_lost")

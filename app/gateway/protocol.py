@@ -1,6 +1,14 @@
 """The agent wire protocol (DESIGN section 4): every frame as a pydantic model, discriminated on `type`.
 
-The SDK (agentplane.sdk) imports these models too, so both ends parse frames with the same code.
+The SDK (agentplane.sdk) imports these models too, so both ends parse frames with the same code. The server
+parses agent frames in pydantic's strict mode (``parse_agent_frame``): `"4"` is not an integer and `true` is
+not a number on the wire, where coercion would hide a client's bug; in Python the models stay lax, so SDK
+code may build them from convenient types.
+
+What storage refuses (app.storable: NUL in text, integers beyond 64 bits, nesting deeper than 64) is refused
+here too. For `register`, `progress` and `reject` the models say so; a `result` is parsed first and checked
+after (``result_problem``), because a result that cannot be stored still answers its assignment: the
+server records it as a failure (`invalid_result`) instead of leaving the agent to resend it forever.
 """
 
 from __future__ import annotations
@@ -12,12 +20,14 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from app.storable import INT_MAX, StorableText, json_problem
+
 PROTOCOL_VERSION = 1
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 
 
 class Frame(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def dump(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
@@ -30,20 +40,28 @@ class CapabilitySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=_NAME)
-    type: str = Field(default="", max_length=64)
-    version: str = Field(default="", max_length=32)
+    type: StorableText = Field(default="", max_length=64)
+    version: StorableText = Field(default="", max_length=32)
     parameters: dict[str, Any] = Field(default_factory=dict)
     constraints: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("parameters", "constraints")
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problem = json_problem(value)
+        if problem is not None:
+            raise ValueError(problem.removeprefix("value: "))
+        return value
 
 
 class Register(Frame):
     type: Literal["register"] = "register"
     agent_id: str | None = Field(default=None, pattern=_NAME)
-    name: str = Field(default="", max_length=200)
-    model: str = Field(min_length=1, max_length=128)
+    name: StorableText = Field(default="", max_length=200)
+    model: StorableText = Field(min_length=1, max_length=128)
     capabilities: list[CapabilitySpec] = Field(min_length=1, max_length=256)
     max_concurrency: int | None = Field(default=None, ge=1, le=10_000)
-    protocol: int = PROTOCOL_VERSION
+    protocol: int = PROTOCOL_VERSION  # checked by the gateway: an unsupported version is closed with 4004
 
     @field_validator("capabilities")
     @classmethod
@@ -63,14 +81,14 @@ class Accept(Frame):
 class Reject(Frame):
     type: Literal["reject"] = "reject"
     assignment_id: uuid.UUID
-    reason: str = Field(default="", max_length=1000)
+    reason: StorableText = Field(default="", max_length=1000)
 
 
 class Progress(Frame):
     type: Literal["progress"] = "progress"
     assignment_id: uuid.UUID
     progress: float = Field(ge=0.0, le=1.0)
-    message: str = Field(default="", max_length=2000)
+    message: StorableText = Field(default="", max_length=2000)
 
 
 class ResultError(BaseModel):
@@ -82,7 +100,7 @@ class ResultError(BaseModel):
 
 
 class Usage(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     input_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
@@ -119,6 +137,35 @@ AGENT_FRAME = TypeAdapter[AgentFrame](AgentFrame)
 AGENT_FRAME_TYPES = frozenset(
     {"register", "accept", "reject", "progress", "result", "pong", "drain", "heartbeat"}
 )
+
+
+def parse_agent_frame(text: str | bytes) -> AgentFrame:
+    """An agent frame from its JSON text, strictly typed (raises pydantic's ValidationError)."""
+    return AGENT_FRAME.validate_json(text, strict=True)
+
+
+def result_problem(frame: Result) -> str | None:
+    """Why storage would refuse this result (``"output.items.3: ..."``), or None. Checked after parsing, so
+    that a result which cannot be stored is still a result: it fails its assignment (``invalid_result``)."""
+    problem = json_problem(frame.output, "output")
+    if problem is None and frame.error is not None:
+        problem = json_problem(frame.error.code, "error.code") or json_problem(
+            frame.error.message, "error.message"
+        )
+    if problem is None:
+        for name in ("input_tokens", "output_tokens"):
+            if getattr(frame.usage, name) > INT_MAX:
+                problem = f"usage.{name}: integer out of range (must be below 2**63)"
+                break
+    return problem
+
+
+def invalid_result(frame: Result, problem: str, *, keep_usage: bool = True) -> Result:
+    """What is recorded instead of a result that storage refuses: a failure naming the field, not
+    retryable (the same handler would produce the same output), with the usage when it can be stored."""
+    usage = frame.usage if keep_usage and not problem.startswith("usage.") else Usage()
+    error = ResultError(code="invalid_result", message=f"the result could not be stored: {problem}"[:10_000])
+    return Result(assignment_id=frame.assignment_id, status="failed", error=error, usage=usage)
 
 
 # ---------------------------------------------------------------- server -> agent

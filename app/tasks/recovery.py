@@ -6,7 +6,7 @@ Each function works inside the caller's transaction and returns what happened (s
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,12 +32,13 @@ async def requeue_open_assignments(
     replica_id: str | None = None,
     assignment_ids: Sequence[uuid.UUID] | None = None,
     reason: str,
-    undelivered: bool = False,
+    undelivered: bool | Collection[uuid.UUID] = False,
 ) -> Outcome:
     """The agents (or a replica's agents) are gone: their leased tasks go back to the queue at once.
 
     The attempt stays charged (a task whose attempts are spent fails with ``agent_lost``), unless the work
-    was ``undelivered``: an `assign` that never left this replica costs the task nothing.
+    was ``undelivered`` (True: all of it; or these assignment ids): an `assign` that never reached the
+    agent's socket costs the task nothing.
     """
     query = select(Assignment.id).where(Assignment.status.in_(OPEN_ASSIGNMENT))
     if agent_ids is not None:
@@ -64,7 +65,7 @@ async def requeue_open_assignments(
             )
             continue
         previous = task.status
-        if undelivered:
+        if undelivered is True or (undelivered and assignment_id in undelivered):
             task.attempt -= 1
         if task.attempt < task.max_attempts:
             task.status = transition(previous, Ev.RETRY).value

@@ -1,0 +1,58 @@
+"""Revoking a key closes its agents' sockets: a periodic check, never a query per frame.
+
+Every connection remembers the key it authenticated with. Each interval, one query asks which of the keys in
+use here are still live; sockets whose key was revoked (or deleted) are closed with 4001. With the interval
+under the key cache's lifetime (5 s), a revoked key stops working everywhere within that window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.background import BackgroundService
+from app.errors import CloseCode
+from app.gateway.failures import report_failure
+from app.gateway.hub import Hub
+
+logger = logging.getLogger(__name__)
+
+_LIVE_KEYS = text("SELECT id FROM api_keys WHERE id = ANY(:ids) AND revoked_at IS NULL")
+
+
+class KeyWatch(BackgroundService):
+    name = "key-watch"
+
+    def __init__(self, *, sessionmaker: async_sessionmaker[AsyncSession], hub: Hub, interval: float) -> None:
+        super().__init__()
+        self.sessionmaker = sessionmaker
+        self.hub = hub
+        self.interval = interval
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.check_once()
+            except Exception as exc:
+                report_failure(logger, exc, "revoked-key check failed")
+
+    async def check_once(self) -> int:
+        """Close the sockets whose key is no longer live; returns how many."""
+        in_use = {c.key_id for c in self.hub if c.key_id is not None and not c.closed}
+        if not in_use:
+            return 0
+        async with self.sessionmaker() as session:
+            rows = await session.execute(_LIVE_KEYS, {"ids": list(in_use)})
+            live: set[uuid.UUID] = {row[0] for row in rows}
+        closed = 0
+        for connection in self.hub:
+            if connection.key_id in in_use and connection.key_id not in live:
+                logger.info("closing a socket whose key was revoked", extra={"agent_id": connection.agent_id})
+                connection.close(CloseCode.UNAUTHORIZED, "the API key was revoked")
+                closed += 1
+        return closed
