@@ -16,6 +16,7 @@ import asyncpg
 import orjson
 from sqlalchemy.engine import make_url
 
+from app.db.outage import OUTAGES, is_outage
 from app.dispatch.fleet import Fleet
 from app.errors import CloseCode
 from app.gateway.hub import Hub
@@ -78,8 +79,11 @@ class Bus:
                 await lost.wait()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.warning("bus connection lost; reconnecting", exc_info=True)
+            except Exception as exc:  # an outage is logged once (app.db.outage), not every second
+                if is_outage(exc):
+                    OUTAGES.failed(exc)
+                else:
+                    logger.warning("bus connection lost; reconnecting", exc_info=True)
             self.connected.clear()
             await asyncio.sleep(1.0)
 

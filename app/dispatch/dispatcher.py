@@ -18,6 +18,7 @@ from app.db import raw
 from app.db.session import engine_of
 from app.dispatch.fleet import Fleet
 from app.gateway.effects import Effects
+from app.gateway.failures import report_failure
 from app.gateway.hub import Hub
 from app.gateway.protocol import Assign
 from app.routing.batch import route_batch
@@ -90,8 +91,8 @@ class Dispatcher(BackgroundService):
                     backlog = round_.backlog
                     if not (round_.leased and round_.full):
                         break
-            except Exception:
-                logger.exception("dispatch round failed")
+            except Exception as exc:  # an outage is logged once, not every round
+                report_failure(logger, exc, "dispatch round failed")
                 backlog = True
                 await asyncio.sleep(0.5)
 

@@ -14,6 +14,7 @@ from app.background import BackgroundService
 from app.config import Settings
 from app.db.models import Agent, Replica
 from app.gateway.effects import Effects
+from app.gateway.failures import report_failure
 from app.tasks import recovery
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ class Reaper(BackgroundService):
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + self.settings.replica_heartbeat_interval
                     await self.sweep_dead_replicas()
-            except Exception:
-                logger.exception("reaper round failed")
+            except Exception as exc:  # an outage is logged once, not every round
+                report_failure(logger, exc, "reaper round failed")
 
     async def reap_once(self) -> None:
         while True:

@@ -14,6 +14,7 @@ from app.background import BackgroundService
 from app.config import Settings
 from app.gateway.connection import Connection
 from app.gateway.effects import Effects
+from app.gateway.failures import report_failure
 from app.gateway.hub import Hub
 from app.gateway.protocol import Ping
 from app.tasks import recovery
@@ -56,8 +57,8 @@ class HealthMonitor(BackgroundService):
             next_round = max(next_round + interval, loop.time())
             try:
                 await self.check_all()
-            except Exception:
-                logger.exception("health round failed")
+            except Exception as exc:  # an outage is logged once, not every round
+                report_failure(logger, exc, "health round failed")
 
     async def check_all(self) -> None:
         timeout = min(self.settings.health_check_timeout, self.settings.health_check_interval * 0.9)
