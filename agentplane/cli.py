@@ -70,6 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.db.migrate import upgrade_to_head
+    from app.http_protocol import GuardedHttpProtocol
     from app.logs import configure_logging
     from app.main import create_app
 
@@ -101,6 +102,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ws_max_size=max(16 * 1024 * 1024, settings.max_message_bytes * 4),
             ws_per_message_deflate=False,
             timeout_graceful_shutdown=10,
+            # Read limits uvicorn lacks (slowloris, slow bodies, silent connections): app/http_protocol.py.
+            http=GuardedHttpProtocol.configured(
+                header_timeout=settings.http_header_timeout, body_timeout=settings.http_body_timeout
+            ),
+            timeout_keep_alive=max(1, round(settings.http_keepalive_timeout)),
         )
         _QuietServer(config).run()
     return 0

@@ -203,8 +203,25 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, validation_alias=AliasChoices("AGENTPLANE_MAX_REQUEST_BYTES")
     )
-    max_request_bytes: int = Field(
-        default=8 * 1024 * 1024, ge=1024, validation_alias=AliasChoices("AGENTPLANE_MAX_REQUEST_BYTES")
+    # HTTP limits (app.http_protocol): headers and body must arrive in time; idle keep-alive connections
+    # are closed.
+    http_header_timeout: Duration = Field(
+        default=10.0, validation_alias=AliasChoices("AGENTPLANE_HTTP_HEADER_TIMEOUT", "http_header_timeout")
+    )
+    http_body_timeout: Duration = Field(
+        default=60.0, validation_alias=AliasChoices("AGENTPLANE_HTTP_BODY_TIMEOUT", "http_body_timeout")
+    )
+    http_keepalive_timeout: Duration = Field(
+        default=20.0,
+        validation_alias=AliasChoices("AGENTPLANE_HTTP_KEEPALIVE_TIMEOUT", "http_keepalive_timeout"),
+    )
+    # REST requests per second per API key on each replica (app.ratelimit), with bursts up to
+    # rate_limit_burst; 0 turns the limit off.
+    rate_limit: float = Field(
+        default=2000.0, ge=0, validation_alias=AliasChoices("AGENTPLANE_RATE_LIMIT", "rate_limit")
+    )
+    rate_limit_burst: int = Field(
+        default=4000, ge=1, validation_alias=AliasChoices("AGENTPLANE_RATE_LIMIT_BURST", "rate_limit_burst")
     )
 
     # Agent manager (the seed's names)

@@ -4,19 +4,44 @@ The WebSocket's error-frame codes and close codes live here too."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from enum import IntEnum, StrEnum
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.db.outage import OUTAGES, RETRY_AFTER_SECONDS, is_outage
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+
+
+class ProblemField(BaseModel):
+    field: str = Field(
+        description="Dotted path of the input: `tasks.3.timeout`, `query.type`, `path.agent_id`."
+    )
+    message: str
+    type: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: every error response has this shape (the OpenAPI document says so)."""
+
+    type: str = Field(description="`/problems/<code>`, e.g. `/problems/invalid_input`.")
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[ProblemField] | None = Field(default=None, description="Each invalid input (422 only).")
 
 
 class AppError(Exception):
@@ -75,6 +100,12 @@ class NotReady(AppError):
     status, code, title = 503, "not_ready", "Not ready"
 
 
+class Unavailable(AppError):
+    """The database is unreachable: the server's condition, not the client's; retry after a moment."""
+
+    status, code, title = 503, "unavailable", "Service unavailable"
+
+
 def problem(
     status: int, code: str, title: str, detail: str, instance: str | None = None, **extra: Any
 ) -> JSONResponse:
@@ -102,9 +133,12 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
-        return problem(
+        response = problem(
             exc.status, exc.code, exc.title, exc.detail, request.url.path, errors=exc.errors, **exc.extra
         )
+        if exc.status == 503:
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -139,16 +173,62 @@ def install_error_handlers(app: FastAPI) -> None:
             409, "conflict", "Conflict", "the request conflicts with existing data", request.url.path
         )
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem(
-            500,
-            "internal_error",
-            "Internal error",
-            "an unexpected error occurred; it has been logged",
-            request.url.path,
-        )
+
+def outage_problem(instance: str | None) -> JSONResponse:
+    response = problem(
+        503,
+        Unavailable.code,
+        Unavailable.title,
+        "the database is unreachable; retry shortly",
+        instance,
+    )
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+class ErrorBoundary:
+    """The last handler of every HTTP request: an exception no handler claimed becomes a problem response.
+
+    Starlette's own last resort (ServerErrorMiddleware) answers 500 and then re-raises, so uvicorn logs a
+    second traceback and drops the keep-alive connection. Here the exception ends: a database outage is
+    503 with `Retry-After` and one log line per outage (``OUTAGES``), anything else 500 with one traceback,
+    and the client keeps its connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            path = scope.get("path")
+            if is_outage(exc):
+                OUTAGES.failed(exc)
+                response = outage_problem(path)
+            else:
+                logger.exception("unhandled error on %s %s", scope.get("method"), path)
+                response = problem(
+                    500,
+                    "internal_error",
+                    "Internal error",
+                    "an unexpected error occurred; it has been logged",
+                    path,
+                )
+            # RuntimeError: the response had already started (a stream failed midway), nothing can be said
+            # any more; uvicorn closes the connection when the app returns without completing it.
+            with contextlib.suppress(RuntimeError):
+                await response(scope, receive, send)
+
+
+def problem_bytes(status: int, code: str, title: str, detail: str, instance: str | None) -> bytes:
+    """A problem body for code below the application (ASGI middleware, the HTTP protocol)."""
+    body = {"type": f"/problems/{code}", "title": title, "status": status, "detail": detail}
+    if instance:
+        body["instance"] = instance
+    return orjson.dumps(body)
 
 
 class WsErrorCode(StrEnum):

@@ -12,14 +12,17 @@ from app.agents.router import router as agents_router
 from app.collab.router import router as sessions_router
 from app.config import Settings, get_settings
 from app.db.session import create_engine, create_sessionmaker
-from app.errors import install_error_handlers
+from app.errors import ErrorBoundary, install_error_handlers
 from app.gateway.endpoint import router as gateway_router
 from app.keys.router import router as keys_router
 from app.limits import BodySizeLimit
 from app.metrics import Metrics
+from app.openapi import install_openapi
 from app.probes import router as probes_router
+from app.ratelimit import RateLimit
 from app.runtime import Runtime
 from app.security import KeyCache
+from app.storable_params import StorableParams
 from app.tasks.router import router as tasks_router
 from app.usage.router import router as usage_router
 
@@ -61,7 +64,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.key_cache = KeyCache()
     install_error_handlers(app)
+    install_openapi(app)
+    # Outermost last: the rate limit answers before a body is read; the boundary catches what handlers don't.
+    app.add_middleware(ErrorBoundary)
+    app.add_middleware(StorableParams)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    if settings.rate_limit > 0:
+        app.add_middleware(
+            RateLimit,
+            rate=settings.rate_limit,
+            burst=settings.rate_limit_burst,
+            key_cache=app.state.key_cache,
+            admin_key=settings.admin_key.get_secret_value() if settings.admin_key else None,
+        )
 
     api = APIRouter(prefix="/api/v1")
     api.include_router(keys_router)

@@ -6,18 +6,17 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from app.tasks.schemas import Name, Seconds
+from app.request_model import RequestModel, Seconds, StorableObject
+from app.tasks.schemas import Name
 
 StrategyName = Literal["map_reduce", "consensus", "chain"]
 SessionStatusName = Literal["running", "succeeded", "failed", "cancelled"]
 
 
-class SessionTask(BaseModel):
+class SessionTask(RequestModel):
     """The work the session is about; every subtask inherits its type, capabilities and options."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: Name
     capabilities: list[Name] = Field(
@@ -25,7 +24,7 @@ class SessionTask(BaseModel):
         max_length=32,
         description="Every one is required of each subtask (chain steps name their own instead).",
     )
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: StorableObject = Field(default_factory=dict)
     priority: int = Field(default=0, ge=-1000, le=1000)
     timeout: Seconds | None = Field(default=None, description="Lease per subtask attempt.")
     max_attempts: int | None = Field(default=None, ge=1, le=100)
@@ -36,10 +35,8 @@ class SessionTask(BaseModel):
         return list(dict.fromkeys(value))
 
 
-class Participants(BaseModel):
+class Participants(RequestModel):
     """Who takes part: every connected agent with the capabilities (or `count` of them), or named agents."""
-
-    model_config = ConfigDict(extra="forbid")
 
     capabilities: list[Name] | None = Field(default=None, min_length=1, max_length=32)
     agent_ids: list[Name] | None = Field(default=None, min_length=1, max_length=1000)
@@ -59,22 +56,18 @@ class Participants(BaseModel):
         return self
 
 
-class Budget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Budget(RequestModel):
     max_cost: float = Field(gt=0, description="USD; the session fails with budget_exceeded on reaching it.")
 
 
-class SessionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SessionCreate(RequestModel):
     strategy: StrategyName
     task: SessionTask
     participants: Participants | None = Field(
         default=None,
         description="Omitted: map_reduce and chain subtasks go to any capable agent; consensus needs it.",
     )
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: StorableObject = Field(default_factory=dict)
     budget: Budget | None = Field(default=None, description="Default: the per-session cost limit.")
     timeout: Seconds | None = Field(
         default=None, description="Default and upper bound: AGENT_COLLABORATION_TIMEOUT (30s, 5m or seconds)."

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from app.db.outage import OUTAGES
 
 
 def async_url(url: str) -> str:
@@ -17,8 +22,11 @@ def async_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         async_url(url),
         # orjson for JSONB parameters and results: payloads and outputs cross this on every task.
         json_serializer=lambda value: orjson.dumps(value).decode(),
@@ -29,7 +37,16 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         # pool discards it (callers already retry or fail the unit of work cleanly).
         pool_pre_ping=False,
         pool_recycle=1800,
+        # asyncpg waits 60 s for an unreachable host by default: an outage should be reported (503) sooner.
+        connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
     )
+    event.listen(engine.sync_engine, "connect", _connected)
+    return engine
+
+
+def _connected(dbapi_connection: Any, connection_record: Any) -> None:
+    # A new connection is proof that the database is reachable: ends an outage that failed requests reported.
+    OUTAGES.succeeded()
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

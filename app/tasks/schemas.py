@@ -4,23 +4,21 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.config import parse_duration
+from app.request_model import RequestModel, Seconds, StorableObject
+from app.storable import StorableText
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=7 * 24 * 3600)]
 TaskStatusName = Literal["pending", "assigned", "running", "succeeded", "failed", "cancelled", "timed_out"]
 StrategyName = Literal["capability_based", "round_robin", "least_loaded"]
 
 
-class TaskCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TaskCreate(RequestModel):
     type: Name
     capabilities: list[Name] = Field(min_length=1, max_length=32, description="Every one is required.")
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: StorableObject = Field(default_factory=dict)
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
     timeout: Seconds | None = Field(default=None, description="Lease per attempt (30s, 5m or seconds).")
     queue_timeout: Seconds | None = Field(default=None, description="How long it may wait for an agent.")
@@ -29,10 +27,10 @@ class TaskCreate(BaseModel):
         default=None, gt=0, description="USD; agents estimated dearer are skipped."
     )
     estimated_tokens: int | None = Field(default=None, ge=0, le=100_000_000)
-    model: str | None = Field(default=None, min_length=1, max_length=128)
+    model: StorableText | None = Field(default=None, min_length=1, max_length=128)
     strategy: StrategyName | None = None
     agent_ids: list[Name] | None = Field(default=None, min_length=1, max_length=1000)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    idempotency_key: StorableText | None = Field(default=None, min_length=1, max_length=200)
 
     @field_validator("capabilities")
     @classmethod
@@ -40,9 +38,7 @@ class TaskCreate(BaseModel):
         return list(dict.fromkeys(value))
 
 
-class TaskBatchCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TaskBatchCreate(RequestModel):
     tasks: list[TaskCreate] = Field(min_length=1, max_length=1000)
 
 

@@ -1,0 +1,114 @@
+"""The OpenAPI document describes the errors the server really sends.
+
+FastAPI documents every 422 as its own ``HTTPValidationError`` in ``application/json`` and nothing else, while
+the server answers every error as RFC 9457 ``application/problem+json`` (app/errors.py). Generated clients and
+schema-based fuzzers trust the document, so it is rewritten once, here, from what the edges do rather than
+route by route (routers stay thin and cannot forget one):
+
+- every ``/api/v1`` operation: 401, 403, 422 (any query parameter may be refused, e.g. one with NUL), 429 and
+  503 (the database is unreachable), the last two with ``Retry-After``; 2xx answers may carry the
+  ``RateLimit-*`` headers (app/ratelimit.py);
+- with a path parameter: 404; a write (POST, DELETE): 409; with a request body: 400, 408 and 413;
+- ``/readyz``: 503; server-sent event streams answer ``text/event-stream``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from app.errors import PROBLEM_JSON, Problem
+
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+_RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": "Requests this key may make at once (the bucket's size).",
+    "RateLimit-Remaining": "Requests this key may make now.",
+    "RateLimit-Reset": "Seconds until the bucket is full again.",
+}
+_DESCRIPTIONS = {
+    400: "The request body could not be read.",
+    401: "No key, an unknown key or a revoked key.",
+    403: "The key lacks the scope this operation needs, or the resource is not the key's.",
+    404: "No such resource (or not one this key may see).",
+    408: "The request body came too slowly (`AGENTPLANE_HTTP_BODY_TIMEOUT`).",
+    409: "The request conflicts with the resource's state or with existing data.",
+    413: "The request body is over `AGENTPLANE_MAX_REQUEST_BYTES`.",
+    422: "Invalid input: `errors` names each field (`tasks.3.timeout`, `query.type`).",
+    429: "This key is over its rate limit (`AGENTPLANE_RATE_LIMIT`); see `Retry-After`.",
+    503: "The database is unreachable (or, for `/readyz`, not ready); see `Retry-After`.",
+}
+# Success answers a route's decorator cannot declare: a repeated idempotency key returns the first task.
+_EXTRA_SUCCESS = {("post", "/api/v1/tasks"): ("201", "200", "The task submitted earlier with this key.")}
+
+
+def install_openapi(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = describe_errors(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def describe_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(problem_schema.pop("$defs", {}))
+    components["Problem"] = problem_schema
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            _describe_operation(path, method, operation)
+    return schema
+
+
+def _describe_operation(path: str, method: str, operation: dict[str, Any]) -> None:
+    responses: dict[str, Any] = operation.setdefault("responses", {})
+    statuses: set[int] = set()
+    if path.startswith("/api/v1"):
+        statuses |= {401, 403, 422, 429, 503}
+        if "{" in path:
+            statuses.add(404)
+        if method in {"post", "put", "patch", "delete"}:
+            statuses.add(409)
+        if "requestBody" in operation:
+            statuses |= {400, 408, 413}
+        for code, success in responses.items():
+            if code.startswith("2"):
+                success.setdefault("headers", {}).update(_rate_limit_headers())
+    elif path == "/readyz":
+        statuses.add(503)
+    if "422" in responses:
+        statuses.add(422)
+    for status in sorted(statuses):
+        error: dict[str, Any] = {
+            "description": _DESCRIPTIONS[status],
+            "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}},
+        }
+        if status in {429, 503}:
+            error["headers"] = dict(_RETRY_AFTER)
+        responses[str(status)] = error
+    if path.endswith("/events") and "200" in responses:
+        responses["200"]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+    extra = _EXTRA_SUCCESS.get((method, path))
+    if extra is not None and extra[0] in responses:
+        source, repeat, description = extra
+        responses[repeat] = {**responses[source], "description": description}
+
+
+def _rate_limit_headers() -> dict[str, Any]:
+    return {
+        name: {"description": text, "schema": {"type": "integer", "minimum": 0}}
+        for name, text in _RATE_LIMIT_HEADERS.items()
+    }
