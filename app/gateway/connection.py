@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import deque
 
@@ -71,6 +72,7 @@ class Connection:
         self._outbox: deque[_Item] = deque()
         self._writer: asyncio.Task[None] | None = None
         self._in_flight: _Item | None = None
+        self._send_started = 0.0  # time.monotonic() when the frame in flight was handed to the server
         self._reader: asyncio.Task[None] | None = None
         self.reader_stopped = False  # a forced close cancelled the reader (our cancellation, not shutdown's)
         self._pings: dict[str, asyncio.Future[None]] = {}
@@ -113,6 +115,10 @@ class Connection:
             writer.cancel()
         self._writer = asyncio.get_running_loop().create_task(self._close(writer, code, reason))
 
+    def stalled_for(self, now: float) -> float:
+        """Seconds the frame in flight has waited for the peer to read (0 when nothing waits)."""
+        return now - self._send_started if self._in_flight is not None else 0.0
+
     def bind_reader(self, task: asyncio.Task[None] | None) -> None:
         """The task reading this socket (None once it stops reading): a forced close wakes it."""
         self._reader = task
@@ -127,6 +133,7 @@ class Connection:
         try:
             while self._outbox:
                 item = self._in_flight = self._outbox.popleft()
+                self._send_started = time.monotonic()
                 await self.websocket.send_text(item if isinstance(item, str) else item.text)
                 self._in_flight = None
         except asyncio.CancelledError:

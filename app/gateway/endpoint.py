@@ -26,7 +26,6 @@ from app.gateway.connection import Connection
 from app.gateway.effects import Effects
 from app.gateway.failures import report_failure
 from app.gateway.hub import Hub
-from app.gateway.keywatch import KeyWatch
 from app.gateway.protocol import (
     AGENT_FRAME_TYPES,
     PROTOCOL_VERSION,
@@ -36,6 +35,7 @@ from app.gateway.protocol import (
     parse_agent_frame,
 )
 from app.gateway.ratelimit import PATIENT, FrameBucket
+from app.gateway.watch import SocketWatch
 from app.security import KeyCache, Principal, Scope, authenticate, bearer_token
 from app.tasks.work import Outcome
 
@@ -112,14 +112,14 @@ class Gateway:
         self.key_cache = key_cache
         self.batcher = FrameBatcher(settings=settings, sessionmaker=sessionmaker, effects=effects)
         # Checked at twice the cache's pace, so a revoked key's sockets close within its window.
-        self.key_watch = KeyWatch(sessionmaker=sessionmaker, hub=hub, interval=key_cache.ttl / 2)
+        self.watch = SocketWatch(sessionmaker=sessionmaker, hub=hub, interval=key_cache.ttl / 2)
 
     async def start(self) -> None:
         await self.batcher.start()
-        await self.key_watch.start()
+        await self.watch.start()
 
     async def stop(self) -> None:
-        await self.key_watch.stop()
+        await self.watch.stop()
         await self.batcher.stop()
 
     async def serve(self, websocket: WebSocket) -> None:

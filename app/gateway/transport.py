@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, cast
 
 from starlette.websockets import WebSocket
 from websockets.frames import Close, Frame, Opcode
@@ -32,8 +32,8 @@ def _transport(websocket: WebSocket) -> asyncio.Transport | None:
             return None
         send = pending.pop(0)
         transport = getattr(getattr(send, "__self__", None), "transport", None)
-        if isinstance(transport, asyncio.Transport):
-            return transport
+        if all(hasattr(transport, name) for name in ("write", "close", "abort", "is_closing")):
+            return cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport
         for cell in getattr(send, "__closure__", None) or ():
             with contextlib.suppress(ValueError):  # an empty cell
                 if callable(cell.cell_contents):

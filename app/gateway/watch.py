@@ -1,14 +1,18 @@
-"""Revoking a key closes its agents' sockets: a periodic check, never a query per frame.
+"""A periodic look at this replica's sockets, never work on the per-frame path.
 
-Every connection remembers the key it authenticated with. Each interval, one query asks which of the keys in
-use here are still live; sockets whose key was revoked (or deleted) are closed with 4001. With the interval
-under the key cache's lifetime (5 s), a revoked key stops working everywhere within that window.
+- Revoked keys: every connection remembers the key it authenticated with. Each interval, one query asks which
+  of the keys in use here are still live; sockets whose key was revoked (or deleted) are closed with 4001.
+  With the interval under the key cache's lifetime (5 s), a revoked key stops working within that window.
+- Stalled writers: a socket whose writer has waited on one frame for STALLED_AFTER seconds has a peer that
+  stopped reading (its queue may never fill: the kernel's buffers absorb a few megabytes), and is closed with
+  1013, its unsent assigns going back to the queue uncharged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 
 from sqlalchemy import text
@@ -21,11 +25,12 @@ from app.gateway.hub import Hub
 
 logger = logging.getLogger(__name__)
 
+STALLED_AFTER = 10.0  # seconds one frame may wait for the peer to read (a slow link sending 1 MiB is fine)
 _LIVE_KEYS = text("SELECT id FROM api_keys WHERE id = ANY(:ids) AND revoked_at IS NULL")
 
 
-class KeyWatch(BackgroundService):
-    name = "key-watch"
+class SocketWatch(BackgroundService):
+    name = "socket-watch"
 
     def __init__(self, *, sessionmaker: async_sessionmaker[AsyncSession], hub: Hub, interval: float) -> None:
         super().__init__()
@@ -36,10 +41,20 @@ class KeyWatch(BackgroundService):
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
+            self.close_stalled()
             try:
                 await self.check_once()
             except Exception as exc:
                 report_failure(logger, exc, "revoked-key check failed")
+
+    def close_stalled(self) -> int:
+        now, closed = time.monotonic(), 0
+        for connection in self.hub:
+            if not connection.closed and connection.stalled_for(now) > STALLED_AFTER:
+                logger.warning("agent not reading; closing", extra={"agent_id": connection.agent_id})
+                connection.close(CloseCode.TRY_AGAIN_LATER, "the agent is not reading")
+                closed += 1
+        return closed
 
     async def check_once(self) -> int:
         """Close the sockets whose key is no longer live; returns how many."""
