@@ -165,8 +165,8 @@ async def _keys(args: argparse.Namespace, url: str) -> None:
                     project=args.project,
                 )
                 print(
-                    f"id:      {key.id}\nname:    {key.name}\nscopes:  {','.join(key.scopes)}\n"
-                    f"project: {key.project or '-'}\nsecret:  {secret}"
+                    f"id:     {key.id}\nname:   {key.name}\nscopes: {','.join(key.scopes)}\n"
+                    f"project: {key.project or '-'}\nsecret: {secret}"
                 )
                 print("(the secret is shown only this once)", file=sys.stderr)
             elif args.keys_command == "list":

@@ -4,6 +4,9 @@ owner."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -233,3 +236,22 @@ def test_a_project_must_be_a_name(server: ServerProcess, keys: Keys) -> None:
             assert response.json()["errors"][0]["field"] == "project"
         listed_keys = api.get("/api/v1/keys").json()["items"]
     assert {"team"} <= {key["project"] for key in listed_keys}
+
+
+def test_keys_create_with_a_project_from_the_shell(
+    server: ServerProcess, keys: Keys, as_key: Any, database_url: str
+) -> None:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    run = [sys.executable, "-m", "agentplane", "keys", "create", "--name", "shell", "--scope", "client"]
+    created = subprocess.run([*run, "--project", "team"], env=env, capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    assert "project: team" in created.stdout
+    secret = next(line.split()[-1] for line in created.stdout.splitlines() if line.startswith("secret:"))
+    team_task = submit(as_key(keys.team_1))
+    with server.client(secret) as shell_key:
+        assert shell_key.get(f"/api/v1/tasks/{team_task['id']}").status_code == 200
+    refused = subprocess.run(
+        [*run, "--project", "no spaces"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode != 0
+    assert "project" in refused.stderr
