@@ -164,6 +164,13 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         if exc.headers:
             response.headers.update(exc.headers)
+        if exc.status_code == 405:
+            # Starlette names only the first route whose path matched; the document knows them all.
+            from app.openapi import allowed_methods
+
+            methods = allowed_methods(request.app, request.url.path)
+            if methods:
+                response.headers["Allow"] = ", ".join(methods)
         return response
 
     @app.exception_handler(IntegrityError)

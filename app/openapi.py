@@ -9,16 +9,22 @@ route by route (routers stay thin and cannot forget one):
   503 (the database is unreachable), the last two with ``Retry-After``; 2xx answers may carry the
   ``RateLimit-*`` headers (app/ratelimit.py);
 - with a path parameter: 404; a write (POST, DELETE): 409; with a request body: 400, 408 and 413;
-- ``/readyz``: 503; server-sent event streams answer ``text/event-stream``.
+- ``/readyz``: 503; server-sent event streams answer ``text/event-stream``, one event at a time.
+
+And the input rules the edges enforce where a router's annotation cannot say them: JSON values are
+``StorableValue`` (app/storable.py: text without NUL, 64-bit integers) and ``Last-Event-ID`` is an event id.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI
 
 from app.errors import PROBLEM_JSON, Problem
+from app.sse import EVENT_ID_PATTERN
+from app.storable import INT_MAX, INT_MIN
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _RETRY_AFTER = {
@@ -45,6 +51,28 @@ _DESCRIPTIONS = {
     429: "This key is over its rate limit (`AGENTPLANE_RATE_LIMIT`); see `Retry-After`.",
     503: "The database is unreachable (or, for `/readyz`, not ready); see `Retry-After`.",
 }
+_TEXT = {"type": "string", "pattern": "^[^\\u0000]*$"}
+_STORABLE_VALUE = {
+    "description": "Any JSON value PostgreSQL's JSONB stores: text without NUL (U+0000), integers within "
+    "64 bits (signed), at most 64 levels of nesting.",
+    "anyOf": [
+        {"type": "null"},
+        {"type": "boolean"},
+        {"type": "integer", "minimum": INT_MIN, "maximum": INT_MAX},
+        {"type": "number", "not": {"type": "integer"}},
+        _TEXT,
+        {"type": "array", "items": {"$ref": "#/components/schemas/StorableValue"}},
+        {
+            "type": "object",
+            "propertyNames": _TEXT,
+            "additionalProperties": {"$ref": "#/components/schemas/StorableValue"},
+        },
+    ],
+}
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {"id": {"type": "string"}, "event": {"type": "string"}, "data": {"type": "string"}},
+}
 # Success answers a route's decorator cannot declare: a repeated idempotency key returns the first task.
 _EXTRA_SUCCESS = {("post", "/api/v1/tasks"): ("201", "200", "The task submitted earlier with this key.")}
 
@@ -67,6 +95,7 @@ def describe_errors(schema: dict[str, Any]) -> dict[str, Any]:
     components["Problem"] = problem_schema
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
+    components["StorableValue"] = _STORABLE_VALUE
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
             _describe_operation(path, method, operation)
@@ -74,6 +103,8 @@ def describe_errors(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _describe_operation(path: str, method: str, operation: dict[str, Any]) -> None:
+    for parameter in operation.get("parameters", []):
+        _describe_parameter(parameter)
     responses: dict[str, Any] = operation.setdefault("responses", {})
     statuses: set[int] = set()
     if path.startswith("/api/v1"):
@@ -100,7 +131,7 @@ def _describe_operation(path: str, method: str, operation: dict[str, Any]) -> No
             error["headers"] = dict(_RETRY_AFTER)
         responses[str(status)] = error
     if path.endswith("/events") and "200" in responses:
-        responses["200"]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+        responses["200"]["content"] = {"text/event-stream": {"schema": _SSE_EVENT}}
     extra = _EXTRA_SUCCESS.get((method, path))
     if extra is not None and extra[0] in responses:
         source, repeat, description = extra
@@ -112,3 +143,18 @@ def _rate_limit_headers() -> dict[str, Any]:
         name: {"description": text, "schema": {"type": "integer", "minimum": 0}}
         for name, text in _RATE_LIMIT_HEADERS.items()
     }
+
+
+def _describe_parameter(parameter: dict[str, Any]) -> None:
+    if parameter.get("in") == "header" and parameter.get("name", "").lower() == "last-event-id":
+        parameter["schema"] = {"type": "string", "pattern": EVENT_ID_PATTERN}
+        parameter["description"] = "Resume after this event id (the `id` of an event this stream sent)."
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the OpenAPI document lists for the route template ``path`` matches (for 405's Allow)."""
+    for template, operations in app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{(\w+)\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            return sorted(method.upper() for method in operations)
+    return []

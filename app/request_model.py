@@ -32,8 +32,26 @@ def _storable_object(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-StorableObject = Annotated[dict[str, Any], AfterValidator(_storable_object)]
-"""A JSON object PostgreSQL's JSONB accepts (no NUL in keys or text, 64-bit integers, bounded depth)."""
+STORABLE_VALUE_REF = "#/components/schemas/StorableValue"
+
+StorableObject = Annotated[
+    dict[str, Any],
+    AfterValidator(_storable_object),
+    WithJsonSchema({"type": "object", "additionalProperties": {"$ref": STORABLE_VALUE_REF}}),
+]
+"""A JSON object PostgreSQL's JSONB accepts (no NUL in keys or text, 64-bit integers, bounded depth); the
+OpenAPI document describes the rule as the ``StorableValue`` schema (app/openapi.py)."""
+
+
+def _json_integer(value: Any) -> Any:
+    # JSON has one number type: 3.0 is the integer 3 (JSON Schema agrees), "3" and true are not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_json_integer)]
+"""An integer field of a request: a JSON number without a fraction; strings and booleans are refused."""
 
 
 MAX_SECONDS = 7 * 24 * 3600

@@ -12,6 +12,7 @@ rather than altered, so what a client reads back is what it sent.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator
@@ -19,12 +20,14 @@ from pydantic import AfterValidator
 MAX_DEPTH = 64
 INT_MIN = -(2**63)
 INT_MAX = 2**63 - 1
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def json_problem(value: Any, path: str = "", depth: int = 0) -> str | None:
     """The first reason ``value`` cannot be stored, as ``"path: reason"``, or None when it can."""
     if isinstance(value, str):
-        return f"{path or 'value'}: text must not contain NUL (\\u0000)" if "\x00" in value else None
+        reason = _text_problem(value)
+        return f"{path or 'value'}: {reason}" if reason else None
     if isinstance(value, bool) or value is None or isinstance(value, float):
         return None
     if isinstance(value, int):
@@ -36,8 +39,8 @@ def json_problem(value: Any, path: str = "", depth: int = 0) -> str | None:
             return f"{path or 'value'}: nested deeper than {MAX_DEPTH} levels"
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:
-            if isinstance(key, str) and "\x00" in key:
-                return f"{path or 'value'}: object keys must not contain NUL (\\u0000)"
+            if isinstance(key, str) and (reason := _text_problem(key)):
+                return f"{path or 'value'}: object keys: {reason}"
             child = f"{path}.{key}" if path else str(key)
             problem = json_problem(item, child, depth + 1)
             if problem is not None:
@@ -54,9 +57,20 @@ def _storable_json(value: Any) -> Any:
     return value
 
 
-def _storable_text(value: str) -> str:
+def _text_problem(value: str) -> str | None:
     if "\x00" in value:
-        raise ValueError("text must not contain NUL (\\u0000)")
+        return "text must not contain NUL (\\u0000)"
+    # A lone surrogate (JSON "\\ud800" without its pair) is no character: UTF-8, orjson and PostgreSQL refuse
+    # it. Only REST bodies can carry one (Python's JSON parser accepts it); ASCII text is skipped at once.
+    if not value.isascii() and _SURROGATE.search(value):
+        return "text must not contain a lone surrogate (\\ud800-\\udfff)"
+    return None
+
+
+def _storable_text(value: str) -> str:
+    reason = _text_problem(value)
+    if reason:
+        raise ValueError(reason)
     return value
 
 

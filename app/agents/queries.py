@@ -63,7 +63,10 @@ def _cursor(agent_id: str) -> str:
 
 def _after(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor.encode()).decode()
+        after = base64.urlsafe_b64decode(cursor.encode()).decode()
+        if "\x00" in after:  # no agent id holds one, and PostgreSQL refuses it in a parameter
+            raise ValueError("NUL")
+        return after
     except ValueError:
         raise InvalidInput(
             "cursor is not one this API returned",

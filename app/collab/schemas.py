@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from app.request_model import RequestModel, Seconds, StorableObject
+from app.request_model import Integer, RequestModel, Seconds, StorableObject
 from app.tasks.schemas import Name
 
 StrategyName = Literal["map_reduce", "consensus", "chain"]
@@ -25,9 +25,9 @@ class SessionTask(RequestModel):
         description="Every one is required of each subtask (chain steps name their own instead).",
     )
     payload: StorableObject = Field(default_factory=dict)
-    priority: int = Field(default=0, ge=-1000, le=1000)
+    priority: Integer = Field(default=0, ge=-1000, le=1000)
     timeout: Seconds | None = Field(default=None, description="Lease per subtask attempt.")
-    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    max_attempts: Integer | None = Field(default=None, ge=1, le=100)
 
     @field_validator("capabilities")
     @classmethod
@@ -40,7 +40,7 @@ class Participants(RequestModel):
 
     capabilities: list[Name] | None = Field(default=None, min_length=1, max_length=32)
     agent_ids: list[Name] | None = Field(default=None, min_length=1, max_length=1000)
-    count: int | None = Field(default=None, ge=1, le=1000, description="With capabilities only.")
+    count: Integer | None = Field(default=None, ge=1, le=1000, description="With capabilities only.")
 
     @field_validator("capabilities", "agent_ids")
     @classmethod

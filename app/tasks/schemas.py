@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.request_model import RequestModel, Seconds, StorableObject
+from app.request_model import Integer, RequestModel, Seconds, StorableObject
 from app.storable import StorableText
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
@@ -19,14 +19,14 @@ class TaskCreate(RequestModel):
     type: Name
     capabilities: list[Name] = Field(min_length=1, max_length=32, description="Every one is required.")
     payload: StorableObject = Field(default_factory=dict)
-    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
+    priority: Integer = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
     timeout: Seconds | None = Field(default=None, description="Lease per attempt (30s, 5m or seconds).")
     queue_timeout: Seconds | None = Field(default=None, description="How long it may wait for an agent.")
-    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    max_attempts: Integer | None = Field(default=None, ge=1, le=100)
     max_cost: float | None = Field(
         default=None, gt=0, description="USD; agents estimated dearer are skipped."
     )
-    estimated_tokens: int | None = Field(default=None, ge=0, le=100_000_000)
+    estimated_tokens: Integer | None = Field(default=None, ge=0, le=100_000_000)
     model: StorableText | None = Field(default=None, min_length=1, max_length=128)
     strategy: StrategyName | None = None
     agent_ids: list[Name] | None = Field(default=None, min_length=1, max_length=1000)
