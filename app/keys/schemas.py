@@ -2,18 +2,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from app.ownership import PROJECT_PATTERN
+from app.request_model import RequestModel
 from app.security import Scope
+from app.storable import StorableText
 
 
-class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=100)
-    scopes: list[Scope] = Field(min_length=1, max_length=3)
+class KeyCreate(RequestModel):
+    name: StorableText = Field(min_length=1, max_length=100)
+    # Strict(False): a scope is its name, a JSON string (strict mode would want the Python enum itself).
+    scopes: list[Annotated[Scope, Strict(False)]] = Field(min_length=1, max_length=3)
     project: str | None = Field(
         default=None,
         pattern=PROJECT_PATTERN,
