@@ -45,14 +45,16 @@ async def finished(server: ServerProcess, task_id: str) -> dict[str, Any]:
         body = await task(server, task_id)
         return body if body["status"] in {"succeeded", "failed", "cancelled", "timed_out"} else None
 
-    return await eventually_async(check)
+    body = await eventually_async(check)
+    assert body is not None
+    return body
 
 
 def result(assign: dict[str, Any], **fields: Any) -> dict[str, Any]:
     return {"type": "result", "assignment_id": assign["assignment_id"], "status": "succeeded", **fields}
 
 
-POISON = {
+POISON: dict[str, tuple[dict[str, Any], str]] = {
     "nul in an output value": ({"output": {"text": "a\u0000b"}}, "output.text"),
     "nul in an output key": ({"output": {"k\u0000": 1}}, "output"),
     "nul in the error message": (

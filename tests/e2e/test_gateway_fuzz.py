@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -129,6 +131,10 @@ def frames(assignments: list[str]) -> st.SearchStrategy[list[str | bytes]]:
     return st.one_of(st.lists(one, min_size=1, max_size=6), flood)
 
 
+def is_active(client: httpx.Client, agent_id: str) -> bool:
+    return bool(client.get(f"/api/v1/agents/{agent_id}").json().get("status") == "active")
+
+
 @pytest.fixture(scope="module")
 def bystanders(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     key = server.create_key("agent", name="bystanders")
@@ -139,12 +145,7 @@ def bystanders(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) 
     ]
     with server.client() as client:
         for agent in agents:
-            eventually(
-                lambda agent=agent: (
-                    client.get(f"/api/v1/agents/{agent.agent_id}").json().get("status") == "active"
-                ),
-                timeout=30,
-            )
+            eventually(partial(is_active, client, agent.agent_id), timeout=30)
     yield [agent.agent_id for agent in agents]
     for agent in agents:
         agent.stop()
@@ -190,6 +191,7 @@ def test_fuzzed_frames_cost_nobody_else_their_work(server: ServerProcess, bystan
             )
 
         tasks = eventually(all_done, timeout=60, interval=0.5)
+        assert tasks is not None
     assert [t["id"] for t in tasks if t["status"] != "succeeded"] == []
     # Each succeeded on a bystander's first attempt: no fuzzed frame moved anyone's task.
     assert {t["attempt"] for t in tasks} == {1}

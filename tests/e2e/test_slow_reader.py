@@ -25,7 +25,9 @@ def agent_key(server: ServerProcess) -> str:
 async def count(client: httpx.AsyncClient, status: str) -> int:
     total, cursor = 0, None
     while True:
-        params = {"type": "slow", "status": status, "limit": 500} | ({"cursor": cursor} if cursor else {})
+        params: dict[str, str | int] = {"type": "slow", "status": status, "limit": 500}
+        if cursor:
+            params["cursor"] = cursor
         page = (await client.get("/api/v1/tasks", params=params)).json()
         total += len(page["items"])
         cursor = page["next_cursor"]
