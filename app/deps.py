@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.errors import Forbidden, Unauthorized
 from app.metrics import Metrics
-from app.security import KeyCache, Principal, Scope, authenticate
+from app.security import KeyCache, Principal, Scope, authenticate, known_principal
 from app.signals import Signals
+from app.tasks.intake import Intake
 
 
 # Dependencies are `async def` even when they do not await: FastAPI runs a plain `def` dependency in its
@@ -40,6 +41,11 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+async def get_intake(request: Request) -> Intake:
+    intake: Intake = request.app.state.runtime.intake
+    return intake
+
+
 async def get_signals(request: Request) -> Signals:
     signals: Signals = request.app.state.runtime.signals
     return signals
@@ -48,6 +54,7 @@ async def get_signals(request: Request) -> Signals:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 MakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
 SignalsDep = Annotated[Signals, Depends(get_signals)]
+IntakeDep = Annotated[Intake, Depends(get_intake)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
@@ -67,8 +74,12 @@ def require_scope(*scopes: Scope) -> Callable[..., Awaitable[Principal]]:
         settings: Settings = request.app.state.settings
         cache: KeyCache = request.app.state.key_cache
         admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
-        async with maker() as session:
-            principal = await authenticate(session, credentials.credentials, admin_key=admin_key, cache=cache)
+        secret = credentials.credentials
+        # Most requests come with a key seen in the last seconds: no session is opened for those.
+        principal = known_principal(secret, admin_key=admin_key, cache=cache)
+        if principal is None:
+            async with maker() as session:
+                principal = await authenticate(session, secret, admin_key=admin_key, cache=cache)
         if principal is None:
             raise Unauthorized("the API key is not valid or has been revoked")
         if not principal.has_any(*scopes):

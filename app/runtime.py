@@ -28,6 +28,7 @@ from app.metrics import Metrics
 from app.retention.service import Retention
 from app.security import KeyCache
 from app.signals import Signals
+from app.tasks.intake import Intake
 from app.tasks.states import OPEN
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Runtime:
             settings=settings, sessionmaker=sessionmaker, signals=self.signals, metrics=metrics
         )
         self.retention = Retention(settings=settings, engine=engine)
+        self.intake = Intake(engine=engine, settings=settings)
         self._loops: list[asyncio.Task[None]] = []
         self._utilization_labels: set[tuple[str, str]] = set()
 
@@ -116,6 +118,7 @@ class Runtime:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         await asyncio.gather(
+            self.intake.stop(),
             self.retention.stop(),
             self.sessions.stop(),
             self.health.stop(),

@@ -75,16 +75,21 @@ class KeyCache:
         self._entries.clear()
 
 
+def known_principal(secret: str, *, admin_key: str | None, cache: KeyCache | None) -> Principal | None:
+    """The principal of ``secret`` when it is the environment's admin key or cached; no database needed."""
+    if admin_key and hmac.compare_digest(secret.encode(), admin_key.encode()):
+        return ENV_ADMIN
+    return cache.get(hash_secret(secret)) if cache is not None else None
+
+
 async def authenticate(
     session: AsyncSession, secret: str, *, admin_key: str | None, cache: KeyCache | None = None
 ) -> Principal | None:
     if not secret:
         return None
-    if admin_key and hmac.compare_digest(secret.encode(), admin_key.encode()):
-        return ENV_ADMIN
+    if (known := known_principal(secret, admin_key=admin_key, cache=cache)) is not None:
+        return known
     digest = hash_secret(secret)
-    if cache is not None and (cached := cache.get(digest)) is not None:
-        return cached
     row = await session.scalar(
         select(ApiKey).where(ApiKey.secret_hash == digest, ApiKey.revoked_at.is_(None))
     )

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from sse_starlette.sse import EventSourceResponse
 
 from app.db.session import engine_of
-from app.deps import ClientDep, MakerDep, SessionDep, SettingsDep, SignalsDep
+from app.deps import ClientDep, IntakeDep, MakerDep, SessionDep, SettingsDep, SignalsDep
 from app.ownership import Owner
 from app.responses import json_response
 from app.sse import resume_after
@@ -28,9 +28,10 @@ router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TaskOut)
 async def submit_task(
-    body: TaskCreate, maker: MakerDep, settings: SettingsDep, signals: SignalsDep, principal: ClientDep
+    body: TaskCreate, intake: IntakeDep, settings: SettingsDep, signals: SignalsDep, principal: ClientDep
 ) -> Response:
-    task, created = await service.submit(engine_of(maker), settings, body, owner=Owner.of(principal))
+    row = service.row_of(body, settings, owner=Owner.of(principal), session_id=None, session_key=None)
+    task, created = await intake.submit(row)  # concurrent submits share one statement (group commit)
     signals.work_available()  # this replica's dispatcher at once; the NOTIFY tells the others
     return json_response(
         task,

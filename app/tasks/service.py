@@ -63,7 +63,7 @@ _INSERT_TASKS = f"""WITH v AS (
 SELECT created.* FROM created, (SELECT count(*) FROM notified) AS notify_once"""  # noqa: E501
 
 
-def _row(
+def row_of(
     spec: TaskCreate,
     settings: Settings,
     *,
@@ -114,9 +114,16 @@ async def insert_tasks(
     ``owner`` comes from the principal the request was authenticated as: recording it costs no query."""
     keys = list(session_keys) if session_keys is not None else [None] * len(specs)
     rows = [
-        _row(spec, settings, owner=owner, session_id=session_id, session_key=key)
+        row_of(spec, settings, owner=owner, session_id=session_id, session_key=key)
         for spec, key in zip(specs, keys, strict=True)
     ]
+    return await insert_rows(db, settings, rows)
+
+
+async def insert_rows(
+    db: raw.Driver, settings: Settings, rows: Sequence[dict[str, Any]]
+) -> list[tuple[TaskOut, bool]]:
+    """Insert rows made by ``row_of`` in one statement; each task in order, and whether it is new."""
     # default=str: ids read through asyncpg are its own UUID subclass, which orjson does not know.
     document = orjson.dumps(rows, default=str).decode()
     message = orjson.dumps({"k": "work", "r": settings.replica_id}).decode()
@@ -158,16 +165,6 @@ async def _existing_or_created(
     if existing is None:  # the conflicting row vanished between the insert and this read
         raise TaskConflict("the task conflicted with another being written; retry the request")
     return out_of_row(existing), False
-
-
-async def submit(
-    engine: AsyncEngine, settings: Settings, spec: TaskCreate, *, owner: Owner
-) -> tuple[TaskOut, bool]:
-    # One task is one statement (the task, its event and the NOTIFY together), atomic on its own, so it runs
-    # without BEGIN and COMMIT round trips; a repeated key reads the task it repeats, having written nothing.
-    async with raw.connection(engine) as db:
-        [(task, created)] = await insert_tasks(db, settings, [spec], owner=owner)
-    return task, created
 
 
 async def submit_batch(

@@ -1,0 +1,89 @@
+"""Single submits, coalesced: requests that arrive while a submit statement is in flight join the next one.
+
+Most clients submit one task per request. Each used to cost a statement, a pooled connection (beyond the
+pool's size, a new PostgreSQL backend per request) and a dispatcher wake-up of its own. Group commit, as
+databases do it for their log: the first request runs at once; requests that arrive while its statement
+runs wait for it to return and then go together in the next statement. At low rates nothing waits (a lone
+request is written at once); under load, one statement and one connection serve many requests, and the
+batch grows exactly as fast as the database falls behind.
+
+Each row is independent (``ON CONFLICT DO NOTHING``, no transaction around the statement), so a request
+is answered with its own task exactly as a lone submit would be. Should a coalesced statement fail, each of
+its rows is retried alone, so one request's failure is never another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.config import Settings
+from app.db import raw
+from app.tasks import service
+from app.tasks.schemas import TaskOut
+
+logger = logging.getLogger(__name__)
+
+MAX_ROWS = 500  # per statement: bounds one statement's size and one round's latency
+
+Pending = tuple[dict[str, Any], "asyncio.Future[tuple[TaskOut, bool]]"]
+
+
+class Intake:
+    def __init__(self, *, engine: AsyncEngine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self._waiting: list[Pending] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.statements = 0  # for tests and the performance log: rows / statements is the coalescing
+        self.rows = 0
+
+    async def submit(self, row: dict[str, Any]) -> tuple[TaskOut, bool]:
+        """Write one task row (from ``service.row_of``); the task as stored, and whether it is new."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[TaskOut, bool]] = loop.create_future()
+        self._waiting.append((row, future))
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_all(), name="task-intake")
+        # Shielded: a client that disconnects must not cancel a write other requests share; its own row is
+        # still written (as a lone submit's would be, had the client left after sending it).
+        return await asyncio.shield(future)
+
+    async def stop(self) -> None:
+        writer = self._writer
+        if writer is not None and not writer.done():
+            # Let the requests already accepted finish: the server stops taking new ones first.
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _write_all(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[:MAX_ROWS], self._waiting[MAX_ROWS:]
+            await self._write(batch)
+
+    async def _write(self, batch: list[Pending]) -> None:
+        try:
+            async with raw.connection(self.engine) as db:
+                results = await service.insert_rows(db, self.settings, [row for row, _ in batch])
+        except Exception as exc:
+            if len(batch) > 1:
+                for item in batch:
+                    await self._write([item])
+                return
+            _settle(batch[0][1], exc)
+            return
+        self.statements += 1
+        self.rows += len(batch)
+        for (_, future), result in zip(batch, results, strict=True):
+            _settle(future, result)
+
+
+def _settle(future: asyncio.Future[tuple[TaskOut, bool]], outcome: tuple[TaskOut, bool] | Exception) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
