@@ -260,6 +260,15 @@ class Settings(BaseSettings):
     register_timeout: Duration = Field(
         default=10.0, validation_alias=AliasChoices("AGENT_REGISTER_TIMEOUT", "register_timeout")
     )
+    # Frames one agent connection may send: a token bucket refilled at ws_frame_rate per second holding up
+    # to ws_frame_burst (0 turns the limit off). Past it, results, accepts, rejects and pongs wait (the
+    # server stops reading the socket); other frames are refused with `rate_limited` (docs/protocol.md).
+    ws_frame_rate: float = Field(
+        default=5000.0, ge=0, validation_alias=AliasChoices("AGENTPLANE_WS_FRAME_RATE", "ws_frame_rate")
+    )
+    ws_frame_burst: int = Field(
+        default=10_000, ge=1, validation_alias=AliasChoices("AGENTPLANE_WS_FRAME_BURST", "ws_frame_burst")
+    )
 
     # Routing
     routing_strategy: RoutingStrategyName = Field(
@@ -277,15 +286,6 @@ class Settings(BaseSettings):
     )
     routing_weight_cost: float = Field(
         default=0.1, ge=0, validation_alias=AliasChoices("AGENT_ROUTING_WEIGHTS_COST")
-    )
-    # Frames one agent connection may send: a token bucket refilled at ws_frame_rate per second holding up
-    # to ws_frame_burst (0 turns the limit off). Past it, results, accepts, rejects and pongs wait (the
-    # server stops reading the socket); other frames are refused with `rate_limited` (docs/protocol.md).
-    ws_frame_rate: float = Field(
-        default=5000.0, ge=0, validation_alias=AliasChoices("AGENTPLANE_WS_FRAME_RATE", "ws_frame_rate")
-    )
-    ws_frame_burst: int = Field(
-        default=10_000, ge=1, validation_alias=AliasChoices("AGENTPLANE_WS_FRAME_BURST", "ws_frame_burst")
     )
 
     # Collaboration
