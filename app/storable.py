@@ -4,6 +4,7 @@ The rule, the same everywhere (docs/reliability.md):
 - text (JSON strings and object keys, and plain text fields) must not contain NUL (U+0000): JSONB and TEXT
   columns refuse it;
 - integers must lie in the signed 64-bit range (BIGINT columns, and the largest integer orjson writes);
+- numbers must be finite (JSON has no NaN or infinity; ``1e400`` would be stored as ``null``);
 - JSON values nest at most ``MAX_DEPTH`` levels (arrays and objects).
 
 Input that breaks the rule is refused with the path of the first offending value (``payload.items.3.name``)
@@ -12,6 +13,7 @@ rather than altered, so what a client reads back is what it sent.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -28,7 +30,9 @@ def json_problem(value: Any, path: str = "", depth: int = 0) -> str | None:
     if isinstance(value, str):
         reason = _text_problem(value)
         return f"{path or 'value'}: {reason}" if reason else None
-    if isinstance(value, bool) or value is None or isinstance(value, float):
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path or 'value'}: number must be finite"
+    if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
         if INT_MIN <= value <= INT_MAX:

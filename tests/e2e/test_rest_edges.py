@@ -78,6 +78,12 @@ def test_unstorable_input_is_422_and_the_connection_stays_open(
     assert conn.request("GET", "/healthz").status == 200
 
 
+def test_a_number_too_large_for_a_double_is_422(conn: RawConnection, client_key: str) -> None:
+    # 1e400 parses as infinity, which JSON cannot hold: it would be stored, and read back, as null.
+    body = b'{"type": "edge", "capabilities": ["edge"], "payload": {"big": [1e400]}}'
+    _assert_422(conn.request("POST", "/api/v1/tasks", body=body, headers=_auth(client_key)), "payload")
+
+
 def test_nul_in_a_key_name_is_422(conn: RawConnection, server: ServerProcess) -> None:
     body = {"name": "ci\u0000bot", "scopes": ["client"]}
     _assert_422(_post(conn, server.admin_key, "/api/v1/keys", body), "name")

@@ -22,7 +22,8 @@ from app.errors import SessionNotFound, TaskNotFound
 from app.ownership import NOBODY, Owner
 from app.security import ENV_ADMIN, Principal, Scope
 from app.tasks import service as tasks
-from app.tasks.schemas import TaskCreate
+from app.tasks.intake import Intake
+from app.tasks.schemas import TaskCreate, TaskOut
 from tests.support import postgres as test_postgres
 
 LEGACY_TASK = uuid.UUID("00000000-0000-4000-8000-000000000001")
@@ -114,15 +115,21 @@ async def test_an_old_idempotency_key_is_the_unowned_ones_only(
     settings: Settings = load_settings(database_url=legacy_url)
     spec = TaskCreate(type="new", capabilities=["x"], idempotency_key="order-1")
     engine = engine_of(maker)
+    intake = Intake(engine=engine, settings=settings)
+
+    async def submit(owner: Owner) -> tuple[TaskOut, bool]:
+        row = tasks.row_of(spec, settings, owner=owner, session_id=None, session_key=None)
+        return await intake.submit(row)
+
     # The environment's admin key submits without an owner, as every submission did before: the same task.
-    task, created = await tasks.submit(engine, settings, spec, owner=NOBODY)
+    task, created = await submit(NOBODY)
     assert (task.id, created) == (LEGACY_TASK, False)
     # A client key reusing the key gets a task of its own, and keeps getting that one.
     owner = Owner(key_id=uuid.uuid4(), project=None)
-    fresh, created = await tasks.submit(engine, settings, spec, owner=owner)
+    fresh, created = await submit(owner)
     assert created
     assert fresh.id != LEGACY_TASK
-    again, created = await tasks.submit(engine, settings, spec, owner=owner)
+    again, created = await submit(owner)
     assert (again.id, created) == (fresh.id, False)
     async with raw.connection(engine) as db:
         row = await db.fetchrow("SELECT owner_key_id, project FROM tasks WHERE id = $1", fresh.id)
