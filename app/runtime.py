@@ -79,7 +79,7 @@ class Runtime:
             settings=settings, sessionmaker=sessionmaker, signals=self.signals, metrics=metrics
         )
         self.retention = Retention(settings=settings, engine=engine)
-        self.intake = Intake(engine=engine, settings=settings)
+        self.intake = Intake(engine=engine, settings=settings, placer=self.dispatcher)
         self._loops: list[asyncio.Task[None]] = []
         self._utilization_labels: set[tuple[str, str]] = set()
 

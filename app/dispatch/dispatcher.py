@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -39,6 +41,7 @@ class Round(NamedTuple):
     # room was left out of the claim (tasks only it can take were not looked for): freed capacity is worth a
     # claim.
     backlog: bool
+    waiting: bool = True  # tasks this replica could take may still be pending (not all claimed were leased)
 
 
 class Dispatcher(BackgroundService):
@@ -63,6 +66,12 @@ class Dispatcher(BackgroundService):
         self.policy = policy_from_settings(settings)
         self.last_agent_id: str | None = None
         self._background: set[asyncio.Task[None]] = set()
+        # Placement at submit (place()) is fair only while no older task this replica could take is waiting:
+        # true when the last round drained the queue and no work was announced since it began.
+        self._queue_clear = False
+        self._seen = -1
+        self._idle = asyncio.Event()  # set between rounds
+        self._idle.set()
 
     async def stop(self) -> None:
         await super().stop()
@@ -84,6 +93,8 @@ class Dispatcher(BackgroundService):
             due = loop.time() - last >= SLOW_TIMER
             if not (due or backlog or signals.work_seq != seen):
                 continue
+            self._idle.clear()
+            self._queue_clear = False
             try:
                 while True:
                     seen, last = signals.work_seq, loop.time()
@@ -91,27 +102,92 @@ class Dispatcher(BackgroundService):
                     backlog = round_.backlog
                     if not (round_.leased and round_.full):
                         break
+                self._seen, self._queue_clear = seen, not round_.waiting
             except Exception as exc:  # an outage is logged once, not every round
                 report_failure(logger, exc, "dispatch round failed")
                 backlog = True
                 await asyncio.sleep(0.5)
+            finally:
+                self._idle.set()
 
-    def _requirements(self, task: lifecycle.Claimed) -> TaskRequirements:
+    def _requirements(self, task: lifecycle.Claimed | Mapping[str, Any]) -> TaskRequirements:
+        """What routing needs of a claimed task, or of a new task's row (placement at submit)."""
+        field: Callable[[str], Any] = (
+            task.__getitem__ if isinstance(task, Mapping) else functools.partial(getattr, task)
+        )
+        estimated, agent_ids = field("estimated_tokens"), field("agent_ids")
         return TaskRequirements(
-            required_capabilities=frozenset(task.required_capabilities),
-            model=task.model,
-            max_cost=task.max_cost,
-            estimated_tokens=task.estimated_tokens
-            if task.estimated_tokens is not None
-            else self.settings.default_estimated_tokens,
-            agent_ids=frozenset(task.agent_ids) if task.agent_ids else None,
-            strategy=task.strategy,
+            required_capabilities=frozenset(field("required_capabilities")),
+            model=field("model"),
+            max_cost=field("max_cost"),
+            estimated_tokens=estimated if estimated is not None else self.settings.default_estimated_tokens,
+            agent_ids=frozenset(agent_ids) if agent_ids else None,
+            strategy=field("strategy"),
+        )
+
+    def _open_candidates(self) -> list[Candidate]:
+        # A socket that is closing stays in the fleet until its cleanup runs; it must not be offered work.
+        return [c for c in self.fleet.candidates() if self.hub.is_open(c.agent_id)]
+
+    # ------------------------------------------------------------------ placement at submit (tasks.intake)
+
+    async def place(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Choose local agents for new tasks before they are written, so they are inserted leased.
+
+        A round in progress is waited for (it may be leasing older work to the same agents): then new tasks
+        are placed only if that round left nothing waiting and no work was announced since it began, so a
+        newcomer never takes a slot an older pending task could have had."""
+        if not self._idle.is_set():
+            await self._idle.wait()
+        if not self._idle.is_set() or not self._queue_clear or self.effects.signals.work_seq != self._seen:
+            return  # older work may be waiting: new tasks queue behind it
+        candidates = self._open_candidates()
+        if not candidates:
+            return
+        model = {c.agent_id: c.model for c in candidates}
+        decisions, self.last_agent_id = route_batch(
+            [self._requirements(row) for row in rows],
+            candidates,
+            self.policy,
+            last_agent_id=self.last_agent_id,
+        )
+        for row, decision in zip(rows, decisions, strict=True):
+            if decision is None:
+                continue
+            assignment_id = uuid.uuid4()
+            row.update(
+                agent_id=decision.agent_id, assignment_id=assignment_id, agent_model=model[decision.agent_id]
+            )
+            self.fleet.leased(decision.agent_id, assignment_id)  # reserved now: the next pick sees it taken
+
+    def release(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        for row in rows:
+            self.fleet.assignment_ended(row["agent_id"], row["assignment_id"])
+
+    def deliver(self, records: Sequence[Mapping[str, Any]]) -> None:
+        agents = self.fleet.agents
+        self._send(
+            [
+                lifecycle.Lease(
+                    task_id=record["id"],
+                    task_type=record["type"],
+                    payload=record["payload"],
+                    timeout=record["timeout"],
+                    attempt=record["attempt"],
+                    available_at=record["available_at"],
+                    assignment_id=record["assignment_id"],
+                    agent_id=record["agent_id"],
+                    model=agent.model if (agent := agents.get(record["agent_id"])) else "unknown",
+                    assigned_at=record["assigned_at"],
+                    deadline=record["lease_expires_at"],
+                )
+                for record in records
+            ]  # fmt: skip
         )
 
     async def dispatch_once(self) -> Round:
         """One batch: claim, route, lease, send."""
-        # A socket that is closing stays in the fleet until its cleanup runs; it must not be offered work.
-        candidates = [c for c in self.fleet.candidates() if self.hub.is_open(c.agent_id)]
+        candidates = self._open_candidates()
         if not candidates:
             return Round(0, full=False, backlog=True)
         spare = sum(c.max_concurrency - c.active for c in candidates)
@@ -126,14 +202,14 @@ class Dispatcher(BackgroundService):
                 limit=limit,
             )
             if not tasks:
-                return Round(0, full=False, backlog=self.fleet.any_full())
+                return Round(0, full=False, backlog=self.fleet.any_full(), waiting=False)
             plans = self._route(tasks, candidates)
             leased = await lifecycle.lease(db, plans, replica_id=self.settings.replica_id)
         self._send(leased)
         full = len(tasks) >= limit
         # Claimed but not leased (no agent with room fits it now): it waits for capacity to free up.
-        backlog = full or len(leased) < len(tasks) or self.fleet.any_full()
-        return Round(len(leased), full=full, backlog=backlog)
+        waiting = full or len(leased) < len(tasks)
+        return Round(len(leased), full=full, backlog=waiting or self.fleet.any_full(), waiting=waiting)
 
     def _route(
         self, tasks: list[lifecycle.Claimed], candidates: list[Candidate]

@@ -10,13 +10,19 @@ batch grows exactly as fast as the database falls behind.
 Each row is independent (``ON CONFLICT DO NOTHING``, no transaction around the statement), so a request
 is answered with its own task exactly as a lone submit would be. Should a coalesced statement fail, each of
 its rows is retried alone, so one request's failure is never another's.
+
+Placement: when an agent on this replica has room and nothing is waiting in the queue, the dispatcher
+(a ``Placer``) chooses the agent before the statement runs, and the statement inserts the task already
+leased (app.tasks.service). Submit, claim and lease become one statement, and the `assign` leaves as soon as
+it returns: the common case of an idle fleet skips the queue, the NOTIFY and a dispatcher round.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -32,10 +38,25 @@ MAX_ROWS = 500  # per statement: bounds one statement's size and one round's lat
 Pending = tuple[dict[str, Any], "asyncio.Future[tuple[TaskOut, bool]]"]
 
 
+class Placer(Protocol):
+    """Chooses agents for new tasks at submit time: the dispatcher, which owns routing and the local fleet."""
+
+    async def place(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Set ``agent_id``, ``assignment_id`` and ``agent_model`` on the rows a local agent takes now,
+        reserving their slots; leave the rest unplaced (they go to the queue)."""
+
+    def release(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Give back the slots of placed rows that were not inserted."""
+
+    def deliver(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Send `assign` for inserted rows that are leased (after the statement that leased them)."""
+
+
 class Intake:
-    def __init__(self, *, engine: AsyncEngine, settings: Settings) -> None:
+    def __init__(self, *, engine: AsyncEngine, settings: Settings, placer: Placer | None = None) -> None:
         self.engine = engine
         self.settings = settings
+        self.placer = placer
         self._waiting: list[Pending] = []
         self._writer: asyncio.Task[None] | None = None
         self.statements = 0  # for tests and the performance log: rows / statements is the coalescing
@@ -63,17 +84,28 @@ class Intake:
             batch, self._waiting = self._waiting[:MAX_ROWS], self._waiting[MAX_ROWS:]
             await self._write(batch)
 
-    async def _write(self, batch: list[Pending]) -> None:
+    async def _write(self, batch: list[Pending], *, place: bool = True) -> None:
+        rows = [row for row, _ in batch]
+        placer = self.placer if place else None
+        if placer is not None:
+            await placer.place(rows)
         try:
             async with raw.connection(self.engine) as db:
-                results = await service.insert_rows(db, self.settings, [row for row, _ in batch])
+                results, records = await service.insert_rows(db, self.settings, rows)
         except Exception as exc:
+            if placer is not None:
+                placer.release([row for row in rows if row["agent_id"] is not None])
+            for row in rows:
+                row.update(agent_id=None, assignment_id=None, agent_model=None)
             if len(batch) > 1:
                 for item in batch:
-                    await self._write([item])
+                    await self._write([item], place=False)
                 return
             _settle(batch[0][1], exc)
             return
+        if placer is not None:
+            placer.release([row for row in rows if row["agent_id"] is not None and row["id"] not in records])
+            placer.deliver([record for record in records.values() if record["agent_id"] is not None])
         self.statements += 1
         self.rows += len(batch)
         for (_, future), result in zip(batch, results, strict=True):

@@ -32,7 +32,8 @@ async def submit_task(
 ) -> Response:
     row = service.row_of(body, settings, owner=Owner.of(principal), session_id=None, session_key=None)
     task, created = await intake.submit(row)  # concurrent submits share one statement (group commit)
-    signals.work_available()  # this replica's dispatcher at once; the NOTIFY tells the others
+    if task.status == "pending":  # not leased at submit: this replica's dispatcher now, NOTIFY the others
+        signals.work_available()
     return json_response(
         task,
         # The same idempotency key: the same task, 200.

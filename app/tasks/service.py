@@ -42,23 +42,46 @@ _INSERTED = (
 )  # fmt: skip
 _TYPES = tuple(raw.pg_type(cast(Table, Task.__table__).c[name]) for name in _INSERTED)
 # One statement for a whole submission, whatever its size: the rows travel as one JSON document (so array
-# columns need no special casing), the database's clock stamps them, their "submitted" events go in beside
-# them, and other replicas hear of the work when (and only if) it commits. A row that repeats an idempotency
-# key (within its owner, app.ownership) or a session key is skipped here and looked up afterwards.
+# columns need no special casing), the database's clock stamps them, their events go in beside them, and
+# other replicas hear of the work when (and only if) it commits. A row that repeats an idempotency key
+# (within its owner, app.ownership) or a session key is skipped here and looked up afterwards.
+#
+# A row may arrive already placed (``agent_id``, ``assignment_id``, ``agent_model``: a local agent had room,
+# app.tasks.intake): it is inserted leased, with its assignment and both events, in the same statement, so
+# the task never waits in the queue and no dispatcher round is spent on it. Only pending rows are announced.
+_PLACEMENT = ("agent_id", "assignment_id", "agent_model")
+_DOCUMENT_TYPES = _TYPES + ("text", "uuid", "text")
 _INSERT_TASKS = f"""WITH v AS (
-    SELECT * FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS ({", ".join(f"{n} {t}" for n, t in zip(_INSERTED, _TYPES, strict=True))}))
-        WITH ORDINALITY AS v({", ".join(_INSERTED)}, ord)
+    SELECT * FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS ({", ".join(f"{n} {t}" for n, t in zip(_INSERTED + _PLACEMENT, _DOCUMENT_TYPES, strict=True))}))
+        WITH ORDINALITY AS v({", ".join(_INSERTED + _PLACEMENT)}, ord)
 ), created AS (
-    INSERT INTO tasks ({", ".join(_INSERTED)}, status, attempt, created_at, updated_at, available_at, expires_at)
-    SELECT {", ".join(_INSERTED)}, 'pending', 0, now(), now(), now(), now() + queue_timeout * interval '1 second'
+    INSERT INTO tasks ({", ".join(_INSERTED)}, status, attempt, agent_id, assignment_id, assigned_at, lease_expires_at,
+        created_at, updated_at, available_at, expires_at)
+    SELECT {", ".join(_INSERTED)},
+        CASE WHEN agent_id IS NULL THEN 'pending' ELSE 'assigned' END, CASE WHEN agent_id IS NULL THEN 0 ELSE 1 END,
+        agent_id, assignment_id, CASE WHEN agent_id IS NOT NULL THEN now() END,
+        CASE WHEN agent_id IS NOT NULL THEN now() + timeout * interval '1 second' END,
+        now(), now(), now(), now() + queue_timeout * interval '1 second'
     FROM v ORDER BY ord
     ON CONFLICT DO NOTHING
     RETURNING *
+), assignments AS (
+    INSERT INTO assignments (id, task_id, agent_id, model, replica_id, attempt, status, assigned_at)
+    SELECT created.assignment_id, created.id, created.agent_id, v.agent_model, $4, 1, 'assigned', now()
+    FROM created JOIN v ON v.id = created.id WHERE created.agent_id IS NOT NULL
 ), events AS (
-    INSERT INTO task_events (task_id, kind, to_status, reason)
-    SELECT id, 'transition', 'pending', 'submitted' FROM created
+    INSERT INTO task_events (task_id, kind, from_status, to_status, reason, data)
+    SELECT task_id, 'transition', from_status, to_status, reason, data FROM (
+        SELECT id AS task_id, NULL AS from_status, 'pending' AS to_status, 'submitted' AS reason,
+            NULL::jsonb AS data, created_at, 0 AS step
+        FROM created
+        UNION ALL
+        SELECT id, 'pending', 'assigned', 'assigned', jsonb_build_object('agent_id', agent_id, 'attempt', 1),
+            created_at, 1
+        FROM created WHERE agent_id IS NOT NULL
+    ) AS e ORDER BY task_id, step
 ), notified AS (
-    SELECT pg_notify($2, $3) FROM (SELECT 1 FROM created LIMIT 1) AS any_created
+    SELECT pg_notify($2, $3) FROM (SELECT 1 FROM created WHERE agent_id IS NULL LIMIT 1) AS any_pending
 )
 SELECT created.* FROM created, (SELECT count(*) FROM notified) AS notify_once"""  # noqa: E501
 
@@ -98,6 +121,9 @@ def row_of(
         "session_key": session_key,
         "owner_key_id": owner.key_id,
         "project": owner.project,
+        "agent_id": None,  # placement: set by app.tasks.intake when a local agent takes it at once
+        "assignment_id": None,
+        "agent_model": None,
     }
 
 
@@ -117,21 +143,24 @@ async def insert_tasks(
         row_of(spec, settings, owner=owner, session_id=session_id, session_key=key)
         for spec, key in zip(specs, keys, strict=True)
     ]
-    return await insert_rows(db, settings, rows)
+    results, _ = await insert_rows(db, settings, rows)
+    return results
 
 
 async def insert_rows(
     db: raw.Driver, settings: Settings, rows: Sequence[dict[str, Any]]
-) -> list[tuple[TaskOut, bool]]:
-    """Insert rows made by ``row_of`` in one statement; each task in order, and whether it is new."""
+) -> tuple[list[tuple[TaskOut, bool]], dict[uuid.UUID, Any]]:
+    """Insert rows made by ``row_of`` in one statement: each task in order with whether it is new, and the
+    new rows as stored, by id. A placed row that is new is leased to its agent; one that repeats a key is
+    not (the task it repeats is returned)."""
     # default=str: ids read through asyncpg are its own UUID subclass, which orjson does not know.
     document = orjson.dumps(rows, default=str).decode()
     message = orjson.dumps({"k": "work", "r": settings.replica_id}).decode()
-    records = await db.fetch(_INSERT_TASKS, document, BUS_CHANNEL, message)
+    records = await db.fetch(_INSERT_TASKS, document, BUS_CHANNEL, message, settings.replica_id)
     created = {record["id"]: record for record in records}
     if len(created) == len(rows):
-        return [(out_of_row(created[row["id"]]), True) for row in rows]
-    return [await _existing_or_created(db, row, created) for row in rows]
+        return [(out_of_row(created[row["id"]]), True) for row in rows], created
+    return [await _existing_or_created(db, row, created) for row in rows], created
 
 
 # One statement per idempotency space, each matching one partial unique index (app.db.models), so the
