@@ -14,7 +14,6 @@ from app.errors import Forbidden, Unauthorized
 from app.metrics import Metrics
 from app.security import KeyCache, Principal, Scope, authenticate, known_principal
 from app.signals import Signals
-from app.tasks.intake import Intake
 
 
 # Dependencies are `async def` even when they do not await: FastAPI runs a plain `def` dependency in its
@@ -41,11 +40,6 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
-async def get_intake(request: Request) -> Intake:
-    intake: Intake = request.app.state.runtime.intake
-    return intake
-
-
 async def get_signals(request: Request) -> Signals:
     signals: Signals = request.app.state.runtime.signals
     return signals
@@ -54,7 +48,6 @@ async def get_signals(request: Request) -> Signals:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 MakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
 SignalsDep = Annotated[Signals, Depends(get_signals)]
-IntakeDep = Annotated[Intake, Depends(get_intake)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
@@ -65,9 +58,7 @@ def require_scope(*scopes: Scope) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits a key holding any of ``scopes`` (admin holds them all)."""
 
     async def dependency(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-        maker: Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)],
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
     ) -> Principal:
         if credentials is None:
             raise Unauthorized("an API key is required: send `Authorization: Bearer <key>`")
@@ -78,6 +69,7 @@ def require_scope(*scopes: Scope) -> Callable[..., Awaitable[Principal]]:
         # Most requests come with a key seen in the last seconds: no session is opened for those.
         principal = known_principal(secret, admin_key=admin_key, cache=cache)
         if principal is None:
+            maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
             async with maker() as session:
                 principal = await authenticate(session, secret, admin_key=admin_key, cache=cache)
         if principal is None:

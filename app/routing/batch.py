@@ -59,10 +59,7 @@ def route_batch(
 
 
 def _fits(task: TaskRequirements, candidates: Sequence[Candidate], policy: RoutingPolicy) -> list[Fit]:
-    # eligible() with every slot free: whether a slot is free is decided per task, as loads change.
-    idle = [Candidate(c.agent_id, c.model, c.capabilities, c.max_concurrency, 0, c.success_rate, c.status)
-            for c in candidates if c.max_concurrency > 0]  # fmt: skip
-    return [fit(task, candidate, policy) for candidate in eligible(task, idle, policy)]
+    return [fit(task, candidate, policy) for candidate in eligible(task, candidates, policy, any_load=True)]
 
 
 class _Group:

@@ -96,13 +96,18 @@ def _cost_cap(task: TaskRequirements, policy: RoutingPolicy) -> float | None:
 
 
 def _admits(
-    task: TaskRequirements, candidate: Candidate, policy: RoutingPolicy, cost_cap: float | None
+    task: TaskRequirements,
+    candidate: Candidate,
+    policy: RoutingPolicy,
+    cost_cap: float | None,
+    *,
+    any_load: bool = False,
 ) -> bool:
     # Only "active" takes work: busy agents said so themselves, draining ones are leaving, and the rest are
     # not (or no longer) known to be alive.
     if candidate.status != "active":
         return False
-    if candidate.active >= candidate.max_concurrency:
+    if candidate.active >= candidate.max_concurrency and not (any_load and candidate.max_concurrency > 0):
         return False
     if not task.required_capabilities <= candidate.capabilities:
         return False
@@ -116,17 +121,18 @@ def _admits(
 
 
 def eligible(
-    task: TaskRequirements, candidates: Sequence[Candidate], policy: RoutingPolicy
+    task: TaskRequirements, candidates: Sequence[Candidate], policy: RoutingPolicy, *, any_load: bool = False
 ) -> list[Candidate]:
     """The candidates allowed to take task, in their given order.
 
     An agent qualifies when it is "active", has a free slot (active < max_concurrency), offers every
     required capability, runs a model the policy allows (any, when allowed_models is empty) and the task
     asks for (when it names one), is among task.agent_ids (when set), and its estimated cost is within the
-    lower of task.max_cost and policy.cost_limit_per_task (when either is set).
+    lower of task.max_cost and policy.cost_limit_per_task (when either is set). ``any_load``: whether a slot
+    is free is left to the caller (a batch router decides it per task, as loads change).
     """
     cost_cap = _cost_cap(task, policy)
-    return [candidate for candidate in candidates if _admits(task, candidate, policy, cost_cap)]
+    return [c for c in candidates if _admits(task, c, policy, cost_cap, any_load=any_load)]
 
 
 @dataclass(frozen=True, slots=True)
