@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
@@ -14,13 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.agents import service as agents
 from app.collab.runner import SessionRunner
 from app.config import Settings
-from app.db.models import Agent, Assignment, CollabSession, Replica, Task
+from app.db.models import Agent, CollabSession, Replica, Task
 from app.dispatch.bus import Bus
 from app.dispatch.dispatcher import Dispatcher
+from app.dispatch.effects import Effects
 from app.dispatch.fleet import Fleet
 from app.dispatch.reaper import Reaper
+from app.dispatch.resync import CapacityResync
 from app.errors import CloseCode
-from app.gateway.effects import Effects
 from app.gateway.endpoint import Gateway
 from app.gateway.hub import Hub
 from app.health.monitor import HealthMonitor
@@ -79,6 +79,7 @@ class Runtime:
             settings=settings, sessionmaker=sessionmaker, signals=self.signals, metrics=metrics
         )
         self.retention = Retention(settings=settings, engine=engine)
+        self.resync = CapacityResync(sessionmaker=sessionmaker, fleet=self.fleet)
         self.intake = Intake(engine=engine, settings=settings, placer=self.dispatcher)
         self._loops: list[asyncio.Task[None]] = []
         self._utilization_labels: set[tuple[str, str]] = set()
@@ -98,6 +99,7 @@ class Runtime:
             self.health,
             self.sessions,
             self.retention,
+            self.resync,
         ):
             await service.start()
         self._loops = [
@@ -119,6 +121,7 @@ class Runtime:
         await asyncio.gather(*self._loops, return_exceptions=True)
         await asyncio.gather(
             self.intake.stop(),
+            self.resync.stop(),
             self.retention.stop(),
             self.sessions.stop(),
             self.health.stop(),
@@ -186,18 +189,6 @@ class Runtime:
                 .tuples()
                 .all()
             )
-            open_rows = (
-                (
-                    await session.execute(
-                        select(Assignment.agent_id, Assignment.id).where(
-                            Assignment.agent_id.in_(list(self.fleet.agents)),
-                            Assignment.status.in_(["assigned", "running"]),
-                        )
-                    )
-                )
-                .tuples()
-                .all()
-            )
         for open_status in OPEN:
             metrics.queue_depth.labels(open_status.value).set(queue.get(open_status.value, 0))
         metrics.agents_active.clear()
@@ -206,10 +197,6 @@ class Runtime:
         metrics.sessions_active.clear()
         for strategy, count in sessions:
             metrics.sessions_active.labels(strategy).set(count)
-        open_by_agent: dict[str, set[uuid.UUID]] = {}
-        for agent_id, assignment_id in open_rows:
-            open_by_agent.setdefault(agent_id, set()).add(assignment_id)
-        self.fleet.resync(open_by_agent)
         shown = set()
         for agent_id, model, ratio in self.fleet.utilization():
             metrics.agent_utilization.labels(agent_id, model).set(ratio)

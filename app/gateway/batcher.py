@@ -26,9 +26,9 @@ from app.config import Settings
 from app.db import raw
 from app.db.outage import OUTAGES, is_outage
 from app.db.session import engine_of
+from app.dispatch.effects import Effects
 from app.errors import CloseCode, WsErrorCode
 from app.gateway.connection import Connection
-from app.gateway.effects import Effects
 from app.gateway.protocol import Accept, Ack, ErrorFrame, Progress, Reject, Result, invalid_result
 from app.routing.policy import price_table
 from app.routing.scoring import Price

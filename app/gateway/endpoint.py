@@ -19,11 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.agents import service as agents
 from app.config import Settings
 from app.db.outage import OUTAGES
+from app.dispatch.effects import Effects
 from app.errors import AgentRejected, CloseCode, WsErrorCode
 from app.gateway.batcher import FrameBatcher
 from app.gateway.channel import AgentChannel, DatabaseUnavailable
 from app.gateway.connection import Connection
-from app.gateway.effects import Effects
 from app.gateway.failures import report_failure
 from app.gateway.hub import Hub
 from app.gateway.protocol import (
