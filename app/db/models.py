@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Double,
     ForeignKey,
@@ -24,6 +25,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base
+from app.statuses import AgentStatus, AssignmentStatus, SessionStatus, TaskStatus, check_sql
 
 Json = dict[str, Any]
 
@@ -34,6 +36,7 @@ def _now() -> Any:
 
 class Agent(Base):
     __tablename__ = "agents"
+    __table_args__ = (CheckConstraint(check_sql("status", AgentStatus), name="status"),)
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
     name: Mapped[str] = mapped_column(Text, nullable=False)
@@ -81,6 +84,7 @@ class AgentHealthCheck(Base):
 
 class CollabSession(Base):
     __tablename__ = "collab_sessions"
+    __table_args__ = (CheckConstraint(check_sql("status", SessionStatus), name="status"),)
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     strategy: Mapped[str] = mapped_column(Text, nullable=False)
@@ -120,6 +124,7 @@ class Task(Base):
             postgresql_where=text("status IN ('assigned', 'running')"),
         ),
         Index("ix_tasks_status_created_at", "status", "created_at"),
+        CheckConstraint(check_sql("status", TaskStatus), name="status"),
         UniqueConstraint("session_id", "session_key", name="uq_tasks_session_id_session_key"),
         # A client's listing (app.ownership): a project's tasks, or a key's own when it has no project.
         Index(
@@ -215,6 +220,7 @@ class Assignment(Base):
             postgresql_where=text("status IN ('assigned', 'running')"),
         ),
         Index("ix_assignments_finished_at", "finished_at"),
+        CheckConstraint(check_sql("status", AssignmentStatus), name="status"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

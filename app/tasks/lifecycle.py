@@ -15,6 +15,7 @@ from typing import Any
 
 from app.db import raw
 from app.routing.scoring import Price, cost_of_usage
+from app.statuses import AssignmentStatus
 from app.tasks.rows import TaskRow
 from app.tasks.states import TaskEvent as Ev
 from app.tasks.states import TaskStatus, backoff_seconds, transition
@@ -22,7 +23,7 @@ from app.tasks.work import Finished, Outcome, Work, db_now
 
 __all__ = ["Finished", "Outcome", "RetryPolicy", "Work", "db_now"]
 
-OPEN_ASSIGNMENT = ("assigned", "running")
+OPEN_ASSIGNMENT = (AssignmentStatus.ASSIGNED, AssignmentStatus.RUNNING)
 
 
 @dataclass(frozen=True, slots=True)

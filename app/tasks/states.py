@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from app.statuses import TaskStatus
 
-class TaskStatus(StrEnum):
-    PENDING = "pending"
-    ASSIGNED = "assigned"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    TIMED_OUT = "timed_out"
+__all__ = ["TaskStatus", "TaskEvent", "TERMINAL", "OPEN", "LEASED", "transition", "can", "backoff_seconds"]
 
 
 class TaskEvent(StrEnum):

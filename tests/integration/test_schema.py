@@ -6,11 +6,12 @@ from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Column, MetaData, Text
+from sqlalchemy import Column, MetaData, Text, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db.base import Base
 from app.db.migrate import head_revision
+from app.statuses import AgentStatus, AssignmentStatus, SessionStatus, TaskStatus
 
 
 async def _diff(database_url: str, metadata: MetaData) -> list[Any]:
@@ -42,3 +43,29 @@ async def test_the_drift_check_sees_a_column_added_without_a_migration(database_
 
 def test_there_is_one_head() -> None:
     assert head_revision() is not None
+
+
+async def test_every_status_column_refuses_a_value_outside_its_enum(database_url: str) -> None:
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint"
+                    " WHERE contype = 'c' AND conname LIKE 'ck_%_status'"
+                )
+            )
+            checks = dict(rows.tuples().all())
+    finally:
+        await engine.dispose()
+    enums = {
+        "tasks": TaskStatus,
+        "assignments": AssignmentStatus,
+        "agents": AgentStatus,
+        "collab_sessions": SessionStatus,
+    }
+    assert set(checks) == set(enums)
+    for table, enum in enums.items():
+        # The migrated constraint admits exactly the enum's values: no more, no fewer.
+        admitted = {part.split("'")[1] for part in checks[table].split("ARRAY[")[1].split(",")}
+        assert admitted == {member.value for member in enum}, table
