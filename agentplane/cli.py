@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import importlib
 import importlib.util
 import sys
@@ -12,8 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.config import ConfigError, Settings, load_settings
-
-GC_THRESHOLDS = (20_000, 20, 100)  # young, middle, old: see cmd_serve
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -62,18 +59,13 @@ async def _bootstrap_admin(settings: Settings) -> str | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    # CPython's default thresholds (700, 10, 10) run a full collection whenever the heap has grown by a
-    # quarter: with 10,000 agents connected each one traversed the whole heap for 2-3 s, dozens of times while
-    # the fleet connected, stalling every socket (ping RTT p99 2.5 s) and taking a fifth of the CPU. Rarer,
-    # larger young collections keep the pauses under ~0.5 s (docs/performance.md, finding 8).
-    gc.set_threshold(*GC_THRESHOLDS)
-    import uvicorn
-
+    from agentplane.serve import serve, tune_gc
     from app.db.migrate import upgrade_to_head
-    from app.http_protocol import GuardedHttpProtocol
     from app.logs import configure_logging
-    from app.main import create_app
 
+    if args.workers is not None and args.workers < 1:
+        return _fail("--workers must be at least 1")
+    tune_gc()
     settings = _settings(host=args.host, port=args.port, log_level=args.log_level)
     configure_logging(settings.log_level, settings.log_format)
     with _Database(settings) as url:
@@ -87,57 +79,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
         base = f"http://{settings.host}:{settings.port}"
+        workers = args.workers or 1
         print(
             f"Agentplane listening on {base}  (API docs: {base}/docs, agents: ws://{settings.host}:"
-            f"{settings.port}/ws/agents)",
+            f"{settings.port}/ws/agents)" + (f", {workers} replica processes" if workers > 1 else ""),
             flush=True,
         )
-        config = uvicorn.Config(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            # Oversized frames are refused by the gateway with an `error` frame; only far larger ones
-            # are cut off by the socket layer (close 1009).
-            ws_max_size=max(16 * 1024 * 1024, settings.max_message_bytes * 4),
-            ws_per_message_deflate=False,
-            timeout_graceful_shutdown=10,
-            # Read limits uvicorn lacks (slowloris, slow bodies, silent connections): app/http_protocol.py.
-            http=GuardedHttpProtocol.configured(
-                header_timeout=settings.http_header_timeout, body_timeout=settings.http_body_timeout
-            ),
-            timeout_keep_alive=max(1, round(settings.http_keepalive_timeout)),
-        )
-        _QuietServer(config).run()
+        serve(settings, workers)
     return 0
-
-
-class _QuietServer:
-    """uvicorn's server, but Ctrl-C/SIGTERM end it gracefully without re-raising the signal afterwards
-    (the re-raise would skip the embedded Postgres's clean stop with a traceback)."""
-
-    def __init__(self, config: Any) -> None:
-        import contextlib
-        import signal
-
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Any:
-                previous = {
-                    sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
-                }
-                try:
-                    yield
-                finally:
-                    for sig, handler in previous.items():
-                        signal.signal(sig, handler)
-
-        self.server = Server(config)
-
-    def run(self) -> None:
-        self.server.run()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -208,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (AGENTPLANE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (AGENTPLANE_PORT, default 8080)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="replica processes sharing the port (default 1); each is a replica with id <replica id>/<n>",
+    )
     serve.set_defaults(func=cmd_serve)
 
     migrate = sub.add_parser("migrate", help="run the database migrations and exit")

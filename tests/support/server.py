@@ -26,10 +26,15 @@ class ServerProcess(ChildProcess):
     stop_timeout = 15.0
 
     def __init__(
-        self, database_url: str, env: dict[str, str] | None = None, log_dir: Path | None = None
+        self,
+        database_url: str,
+        env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+        args: list[str] | None = None,
     ) -> None:
         self.database_url = database_url
         self.extra_env = env or {}
+        self.args = args or []
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws/agents"
@@ -54,7 +59,7 @@ class ServerProcess(ChildProcess):
     def start(self, timeout: float = 30.0) -> ServerProcess:
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "agentplane", "serve"],
+                [sys.executable, "-m", "agentplane", "serve", *self.args],
                 env=self.env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
