@@ -123,18 +123,40 @@ async def single(base_url: str, key: str, total: int, inflight: int, deadline: f
 
 
 async def open_loop(
-    client: httpx.AsyncClient, total: int, batch: int, rate: float, deadline: float
+    client: httpx.AsyncClient, total: int, batch: int, rate: float, deadline: float, *, key: str = ""
 ) -> Submitted:
-    """Requests at fixed times (a batch of K every K/rate seconds), whether or not earlier ones are done."""
+    """Requests at fixed times (a batch of K every K/rate seconds), whether or not earlier ones are done.
+    Single submits go through the lean client (bench/rawhttp.py) on a pool of keep-alive connections, so the
+    harness adds as little as it can to the latency it measures."""
     out = Submitted()
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(_MAX_OPEN)
     pending: set[asyncio.Task[list[str]]] = set()
     start = loop.time() + 0.05
     period = batch / rate
+    idle: list[RawConnection] = []
+
+    async def lean(index: int) -> list[str]:
+        connection = idle.pop() if idle else await RawConnection.open(str(client.base_url), key)
+        sent = time.time_ns()
+        try:
+            response = await connection.post("/api/v1/tasks", orjson.dumps(task_spec(index)))
+        except (RawHttpError, OSError) as exc:
+            out.errors.append(f"submit: {exc!r}")
+            await connection.close()
+            return []
+        idle.append(connection)
+        if response.status != 201:
+            out.errors.append(f"submit: HTTP {response.status}: {response.body[:200]!r}")
+            return []
+        ids = [orjson.loads(response.body)["id"]]
+        out.record(ids, sent)
+        return ids
 
     async def one(first: int, count: int) -> list[str]:
         try:
+            if count == 1 and key:
+                return await lean(first)
             return await _post(client, first, count, out)
         finally:
             gate.release()
@@ -153,6 +175,8 @@ async def open_loop(
         task.add_done_callback(pending.discard)
     if pending:
         await asyncio.wait(pending, timeout=max(1.0, deadline - loop.time()))
+    for connection in idle:
+        await connection.close()
     return out
 
 

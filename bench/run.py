@@ -50,7 +50,7 @@ def _submitter(
 ) -> Coroutine[Any, Any, load.Submitted]:
     if scenario.rate is not None:
         total = open_loop_tasks(scenario, scenario.rate)
-        return load.open_loop(client, total, scenario.batch, scenario.rate, deadline)
+        return load.open_loop(client, total, scenario.batch, scenario.rate, deadline, key=key)
     if scenario.concurrency is not None:
         return load.closed_loop(client, scenario.tasks, scenario.batch, scenario.concurrency, deadline)
     if scenario.name == "single":
