@@ -12,6 +12,7 @@ import logging
 import time
 
 import asyncpg
+import orjson
 from sqlalchemy import exc as sa_exc
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,46 @@ _DRIVER_OUTAGES: tuple[type[BaseException], ...] = (
 )
 
 
+# SQLSTATE classes that say the data itself cannot be stored: 22 data exception (a value out of range, bad
+# text), 23 integrity constraint violation, 54 program limit exceeded (a row or value too large). The same
+# frame would fail the same way however often it is tried. Every other error the database answers with
+# (57014 statement timeout or cancel, 53xxx disk full or out of memory, 25006 read-only after a failover,
+# 40001/40P01 serialization failure or deadlock, ...) is the server's condition of the moment.
+_DATA_CLASSES = ("22", "23", "54")
+# asyncpg's own refusal to encode a parameter (not the SQLSTATE class 22 ``asyncpg.DataError``)
+_CLIENT_DATA_ERROR: type[BaseException] = asyncpg.exceptions._base.DataError
+
+
+def _driver_errors(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps (SQLAlchemy's DBAPIError, the asyncpg adapter's ``__cause__``)."""
+    found = [exc]
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        found.append(exc.orig)
+    for error in list(found):
+        cause = error.__cause__
+        if cause is not None and cause not in found:
+            found.append(cause)
+    return found
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when ``exc`` says the data cannot be stored (a poison frame or request), not when the database is
+    unavailable or busy: SQLSTATE classes 22, 23 and 54, asyncpg's client-side encoding errors (an integer
+    beyond 64 bits for a BIGINT parameter) and orjson's (a value it cannot write)."""
+    for error in _driver_errors(exc):
+        if isinstance(error, asyncpg.PostgresError):
+            sqlstate = getattr(error, "sqlstate", None) or ""
+            if sqlstate[:2] in _DATA_CLASSES:
+                return True
+        elif isinstance(error, _CLIENT_DATA_ERROR | orjson.JSONEncodeError):
+            return True
+    return False
+
+
 def is_outage(exc: BaseException) -> bool:
     """True when ``exc`` means the database cannot be reached or used right now (not a bad statement)."""
+    if is_data_error(exc):  # asyncpg's client-side DataError is an InterfaceError, but no outage
+        return False
     if isinstance(exc, sa_exc.TimeoutError):  # the pool had no connection to give
         return True
     if isinstance(exc, sa_exc.DBAPIError):

@@ -6,7 +6,9 @@ not a number on the wire, where coercion would hide a client's bug; in Python th
 code may build them from convenient types.
 
 What storage refuses (app.storable: NUL in text, integers beyond 64 bits, nesting deeper than 64) is refused
-here too. For `register`, `progress` and `reject` the models say so; a `result` is parsed first and checked
+here too, and so is usage beyond its documented bounds (``MAX_USAGE_TOKENS`` per token count,
+``MAX_USAGE_COST`` dollars), so that no sum of valid results can overflow a counter or make a cost infinite.
+For `register`, `progress` and `reject` the models say so; a `result` is parsed first and checked
 after (``result_problem``), because a result that cannot be stored still answers its assignment: the
 server records it as a failure (`invalid_result`) instead of leaving the agent to resend it forever.
 """
@@ -20,9 +22,11 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-from app.storable import INT_MAX, StorableText, json_problem
+from app.storable import StorableText, json_problem
 
 PROTOCOL_VERSION = 1
+MAX_USAGE_TOKENS = 2**53  # per count and result: ~9e15, exact in a double (JavaScript agents)
+MAX_USAGE_COST = 1e9  # USD per result
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 
 
@@ -154,9 +158,11 @@ def result_problem(frame: Result) -> str | None:
         )
     if problem is None:
         for name in ("input_tokens", "output_tokens"):
-            if getattr(frame.usage, name) > INT_MAX:
-                problem = f"usage.{name}: integer out of range (must be below 2**63)"
+            if getattr(frame.usage, name) > MAX_USAGE_TOKENS:
+                problem = f"usage.{name}: out of range (must be at most 2**53 = {MAX_USAGE_TOKENS})"
                 break
+    if problem is None and frame.usage.cost is not None and frame.usage.cost > MAX_USAGE_COST:
+        problem = f"usage.cost: out of range (must be at most {MAX_USAGE_COST:.0e} USD)"
     return problem
 
 

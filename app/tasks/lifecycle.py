@@ -19,7 +19,7 @@ from app.statuses import AssignmentStatus
 from app.tasks.rows import TaskRow
 from app.tasks.states import TaskEvent as Ev
 from app.tasks.states import TaskStatus, backoff_seconds, transition
-from app.tasks.work import Finished, Outcome, Work, db_now
+from app.tasks.work import Finished, Outcome, Work, capped_cost, db_now, saturating_add
 
 __all__ = ["Finished", "Outcome", "RetryPolicy", "Work", "db_now"]
 
@@ -258,9 +258,9 @@ def record_result(
             ack=True, finished=[Finished(assignment.task_id, "", agent_id, "superseded", assignment.id)]
         )
     previous = task.status
-    task.input_tokens += usage.input_tokens
-    task.output_tokens += usage.output_tokens
-    task.cost += cost
+    task.input_tokens = saturating_add(task.input_tokens, usage.input_tokens)
+    task.output_tokens = saturating_add(task.output_tokens, usage.output_tokens)
+    task.cost = capped_cost(task.cost, cost)
     limit = min((c for c in (task.max_cost, cost_limit_per_task) if c is not None), default=None)
     succeeded, retried = frame.status == "succeeded", False
     if limit is not None and cost > limit:
@@ -292,7 +292,7 @@ def record_result(
         finish(task, now)
         reason = "cost limit exceeded" if over_budget else "failed"
     work.event(task, previous, reason, {"agent_id": agent_id})
-    tokens = usage.input_tokens + usage.output_tokens
+    tokens = saturating_add(usage.input_tokens, usage.output_tokens)
     work.tally(agent_id, succeeded=succeeded, latency_ms=duration * 1000, tokens=tokens, cost=cost)
     finished = Finished(
         task.id, task.type, agent_id, task.status, assignment.id, duration,

@@ -18,8 +18,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import raw
 from app.db.models import Agent, TaskEvent
+from app.storable import INT_MAX
 from app.tasks.rows import AssignmentRow, TaskRow
 from app.tasks.service import BUS_CHANNEL
+
+MAX_COST_TOTAL = 1e300  # a running cost stops growing here, far from double precision's overflow
+
+
+def saturating_add(total: int, amount: int) -> int:
+    """``total + amount`` for a BIGINT counter: stops at its maximum instead of overflowing."""
+    return min(INT_MAX, total + amount)
+
+
+def capped_cost(total: float, amount: float) -> float:
+    """A running cost that stays finite (each result's cost is bounded; their sum must be too)."""
+    return min(MAX_COST_TOTAL, total + amount)
 
 
 @dataclass
@@ -74,13 +87,17 @@ _TALLY_COLUMNS = (
 # NO KEY UPDATE, as a plain UPDATE would take: FOR UPDATE would also conflict with the key-share locks that
 # inserts referencing agents (health checks) take, in an order of their own.
 _LOCK_AGENTS = "SELECT 1 FROM agents WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE"
+# The counters saturate at BIGINT's maximum (and the cost at MAX_COST_TOTAL) instead of overflowing: a counter
+# at its ceiling must not make every later result of its agent fail to commit.
 _TALLY = f"""UPDATE agents AS t SET
     tasks_completed = t.tasks_completed + v.tasks_completed,
     tasks_failed = t.tasks_failed + v.tasks_failed,
     avg_latency_ms = (t.avg_latency_ms * (t.tasks_completed + t.tasks_failed) + v.avg_latency_ms)
         / (t.tasks_completed + t.tasks_failed + v.tasks_completed + v.tasks_failed),
-    tokens_processed = t.tokens_processed + v.tokens_processed,
-    cost_incurred = t.cost_incurred + v.cost_incurred
+    tokens_processed = CASE WHEN t.tokens_processed > {INT_MAX} - v.tokens_processed THEN {INT_MAX}
+        ELSE t.tokens_processed + v.tokens_processed END,
+    cost_incurred = LEAST(t.cost_incurred, {MAX_COST_TOTAL:.0e})
+        + LEAST(v.cost_incurred, {MAX_COST_TOTAL:.0e})
 FROM {raw.unnest(_agents, _TALLY_COLUMNS)} WHERE t.id = v.id"""
 _LOCK_TASKS_OF = f"""{TaskRow.select()}
 WHERE id IN (SELECT task_id FROM assignments WHERE id = ANY($1::uuid[])) ORDER BY id FOR UPDATE"""
@@ -162,8 +179,8 @@ class Work:
         tally.completed += succeeded
         tally.failed += not succeeded
         tally.latency_ms += latency_ms
-        tally.tokens += tokens
-        tally.cost += cost
+        tally.tokens = saturating_add(tally.tokens, tokens)
+        tally.cost = capped_cost(tally.cost, cost)
 
     async def flush(self) -> None:
         db = self.db

@@ -18,6 +18,8 @@ from app.gateway.protocol import Result, Usage, parse_agent_frame, result_proble
         ({"k\u0000": 1}, Usage(), "output"),
         (json.loads("[" * 80 + "]" * 80), Usage(), "nested deeper"),
         ({"ok": True}, Usage(input_tokens=2**63), "usage.input_tokens"),
+        ({"ok": True}, Usage(output_tokens=2**53 + 1), "usage.output_tokens"),
+        ({"ok": True}, Usage(cost=1e308), "usage.cost"),
     ],
 )
 def test_an_unstorable_output_becomes_an_invalid_result_failure(
@@ -31,6 +33,12 @@ def test_an_unstorable_output_becomes_an_invalid_result_failure(
     assert sent.error.code == "invalid_result"
     assert named in sent.error.message
     assert result_problem(sent) is None
+
+
+def test_usage_at_its_bounds_is_storable() -> None:
+    usage = Usage(input_tokens=2**53, output_tokens=2**53, cost=1e9)
+    result = Result(assignment_id=uuid.uuid4(), status="succeeded", output=1, usage=usage)
+    assert result_problem(result) is None
 
 
 def test_a_storable_result_is_sent_as_it_is() -> None:
