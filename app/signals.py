@@ -14,12 +14,19 @@ class Signals:
     def __init__(self) -> None:
         self.work = asyncio.Event()  # pending tasks or free capacity: the dispatcher should look
         self.work_seq = 0  # counts work_available(): the dispatcher tells new work from freed capacity
+        self.join_seq = 0  # counts agent_joined(): worth a claim, but a burst of joins needs only one
         self.sessions = asyncio.Event()  # a task ended: a collaboration session may have a step to take
         self._task_waiters: dict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
 
     def work_available(self) -> None:
         """Tasks may have become claimable: submitted, requeued, cancelled elsewhere, notified."""
         self.work_seq += 1
+        self.work.set()
+
+    def agent_joined(self) -> None:
+        """An agent connected: tasks only it can take may be waiting. A reconnect storm of thousands of agents
+        must not cost a claim each, so the dispatcher answers joins at most every JOIN_DEBOUNCE seconds."""
+        self.join_seq += 1
         self.work.set()
 
     def capacity_freed(self) -> None:

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH = 256
 SLOW_TIMER = 1.0  # seconds: the longest between claims, whatever wakes the dispatcher
+JOIN_DEBOUNCE = 0.05  # seconds: agents joining trigger at most one claim this often
 
 
 class Round(NamedTuple):
@@ -81,18 +82,27 @@ class Dispatcher(BackgroundService):
         signals = self.effects.signals
         loop = asyncio.get_running_loop()
         seen = -1  # signals.work_seq when the last claim began
+        joins_seen = 0  # signals.join_seq when the last claim began
         backlog = True  # more tasks may be waiting than the last round leased
         last = loop.time()  # when the last claim began
         while True:
+            since = loop.time() - last
+            wait = SLOW_TIMER - since
+            if signals.join_seq != joins_seen:
+                wait = min(wait, JOIN_DEBOUNCE - since)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(signals.work.wait(), max(0.0, SLOW_TIMER - (loop.time() - last)))
+                await asyncio.wait_for(signals.work.wait(), max(0.0, wait))
             signals.work.clear()
             # Freed capacity alone is no reason to query, only work known to be waiting. Work can become
             # claimable without a signal (a backoff or a refusal's cool-down ends, another replica lets go of
-            # a row it claimed), so a claim is due every SLOW_TIMER seconds whatever else wakes us.
-            due = loop.time() - last >= SLOW_TIMER
-            if not (due or backlog or signals.work_seq != seen):
+            # a row it claimed), so a claim is due every SLOW_TIMER seconds whatever else wakes us. Agents
+            # joining are answered by one claim per JOIN_DEBOUNCE, however many joined.
+            since = loop.time() - last
+            due = since >= SLOW_TIMER
+            joined = signals.join_seq != joins_seen and since >= JOIN_DEBOUNCE
+            if not (due or backlog or joined or signals.work_seq != seen):
                 continue
+            joins_seen = signals.join_seq
             self._idle.clear()
             self._queue_clear = False
             try:
