@@ -68,9 +68,11 @@ async def register(
     default_concurrency: int,
     key_id: uuid.UUID | None,
     admin: bool,
+    undelivered: Collection[uuid.UUID] = (),
 ) -> RegisteredAgent:
     """Upsert the agent for this connection. An agent id belongs to the key that first registered it: another
-    agent key cannot take it over (and so act for it); an admin key can."""
+    agent key cannot take it over (and so act for it); an admin key can. ``undelivered``: assignments of the
+    previous connection whose `assign` never reached its socket; requeued, they cost their task no attempt."""
     if allowed_models and frame.model not in allowed_models:
         raise AgentRejected(
             CloseCode.MODEL_NOT_ALLOWED,
@@ -97,7 +99,7 @@ async def register(
     # Whatever an old connection held went with it: the queue gets it back now, not at lease expiry.
     # (Requeue before touching the agent row: tasks, assignments, then agents is the lock order.)
     requeued = await recovery.requeue_open_assignments(
-        session, agent_ids=[agent_id], reason="agent reconnected"
+        session, agent_ids=[agent_id], reason="agent reconnected", undelivered=set(undelivered)
     )
     agent = (await session.scalars(_UPSERT_AGENT, values)).one()
     await session.execute(delete(AgentCapability).where(AgentCapability.agent_id == agent_id))

@@ -71,6 +71,7 @@ class Connection:
         self.undelivered: list[uuid.UUID] = []  # assigns that never reached the socket
         self._outbox: deque[_Item] = deque()
         self._writer: asyncio.Task[None] | None = None
+        self._stopped_writer: asyncio.Task[None] | None = None  # the writer close() cancelled
         self._in_flight: _Item | None = None
         self._send_started = 0.0  # time.monotonic() when the frame in flight was handed to the server
         self._reader: asyncio.Task[None] | None = None
@@ -113,7 +114,17 @@ class Connection:
         writer = self._writer
         if writer is not None and not writer.done():
             writer.cancel()
+        self._stopped_writer = writer
         self._writer = asyncio.get_running_loop().create_task(self._close(writer, code, reason))
+
+    async def close_and_collect(self, code: int, reason: str = "") -> list[uuid.UUID]:
+        """Close, wait until the writer has stopped (so nothing more reaches the socket) and return the
+        assigns that never reached it."""
+        self.close(code, reason)
+        writer = self._stopped_writer
+        if writer is not None:
+            await asyncio.gather(writer, return_exceptions=True)
+        return list(self.undelivered)
 
     def stalled_for(self, now: float) -> float:
         """Seconds the frame in flight has waited for the peer to read (0 when nothing waits)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from typing import Any
 
 import orjson
@@ -182,6 +183,8 @@ class Gateway:
         if register is None:
             return
         replica_id = self.settings.replica_id
+        admin = Scope.ADMIN in principal.scopes
+        undelivered = await self._retire_previous(register, principal.key_id, admin=admin)
         try:
             async with self.sessionmaker() as session:
                 registered = await agents.register(
@@ -191,7 +194,8 @@ class Gateway:
                     allowed_models=self.settings.allowed_models,
                     default_concurrency=self.settings.max_concurrent_tasks,
                     key_id=principal.key_id,
-                    admin=Scope.ADMIN in principal.scopes,
+                    admin=admin,
+                    undelivered=undelivered,
                 )
                 await session.commit()
         except AgentRejected as exc:
@@ -227,7 +231,7 @@ class Gateway:
             )
         )
         effects.fleet.agent_joined(registered)
-        effects.signals.work_available()  # tasks only this agent can take may be waiting
+        effects.signals.agent_joined()  # tasks only this agent can take may be waiting
         channel = AgentChannel(
             connection, sessionmaker=self.sessionmaker, batcher=self.batcher, effects=self.effects
         )
@@ -243,6 +247,27 @@ class Gateway:
         finally:
             connection.bind_reader(None)
             await self._cleanup(connection)
+
+    async def _retire_previous(
+        self, register: Register, key_id: uuid.UUID | None, *, admin: bool
+    ) -> list[uuid.UUID]:
+        """A reconnect whose previous socket is on this replica: that socket is closed (4009) before the
+        registration requeues its work, and the assigns it never wrote are returned, so the requeue charges
+        only what reached the agent. Only a key that may take the agent over retires its socket (another
+        key's `register` is refused by the registry and must not close it), and only for an allowed model."""
+        previous = self.hub.get(register.agent_id) if register.agent_id else None
+        allowed = self.settings.allowed_models
+        if (
+            previous is None
+            or (previous.key_id != key_id and not admin)
+            or (allowed and register.model not in allowed)
+        ):
+            return []
+        self.hub.detach(previous)  # its own cleanup then leaves the agent to this registration
+        self.effects.fleet.agent_left(previous.agent_id)
+        return await previous.close_and_collect(
+            CloseCode.REPLACED, "replaced by a newer connection with the same agent_id"
+        )
 
     async def _close_for(self, websocket: WebSocket, exc: Exception, message: str) -> None:
         """Close a socket whose setup failed: 1013 for a database outage (logged once), else 1011."""

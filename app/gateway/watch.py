@@ -5,7 +5,10 @@
   With the interval under the key cache's lifetime (5 s), a revoked key stops working within that window.
 - Stalled writers: a socket whose writer has waited on one frame for STALLED_AFTER seconds has a peer that
   stopped reading (its queue may never fill: the kernel's buffers absorb a few megabytes), and is closed with
-  1013, its unsent assigns going back to the queue uncharged.
+  1013, its unsent assigns going back to the queue uncharged. This check has its own timer (every
+  STALLED_CHECK seconds, no database), so a revoked-key query that hangs during an outage cannot delay it:
+  a peer that stops reading is closed within STALLED_AFTER + STALLED_CHECK seconds (4 s). A round that
+  starts late (the event loop itself was held up, so no writer could run either) judges no one.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ from app.gateway.hub import Hub
 
 logger = logging.getLogger(__name__)
 
-STALLED_AFTER = 10.0  # seconds one frame may wait for the peer to read (a slow link sending 1 MiB is fine)
+# Seconds one frame may wait for the peer to read. A healthy agent reads a frame of 1 MiB (the largest) in
+# far less even over a slow link (3 s is 350 KB/s): its socket drains while it works.
+STALLED_AFTER = 3.0
+STALLED_CHECK = 1.0
 _LIVE_KEYS = text("SELECT id FROM api_keys WHERE id = ANY(:ids) AND revoked_at IS NULL")
 
 
@@ -39,13 +45,24 @@ class SocketWatch(BackgroundService):
         self.interval = interval
 
     async def run(self) -> None:
+        stalled = asyncio.create_task(self._watch_stalled(), name="stalled-writers")
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                try:
+                    await self.check_once()
+                except Exception as exc:
+                    report_failure(logger, exc, "revoked-key check failed")
+        finally:
+            stalled.cancel()
+
+    async def _watch_stalled(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.interval)
-            self.close_stalled()
-            try:
-                await self.check_once()
-            except Exception as exc:
-                report_failure(logger, exc, "revoked-key check failed")
+            due = loop.time() + STALLED_CHECK
+            await asyncio.sleep(STALLED_CHECK)
+            if loop.time() - due < STALLED_CHECK / 2:  # on time: the writers had the loop too
+                self.close_stalled()
 
     def close_stalled(self) -> int:
         now, closed = time.monotonic(), 0
