@@ -54,11 +54,18 @@ def display_prefix(secret: str) -> str:
 
 
 class KeyCache:
-    """Caches successful lookups briefly so hot paths don't query per request; revocation lags by ``ttl``."""
+    """Caches lookups briefly so hot paths don't query per request; revocation lags by ``ttl``.
+
+    Unknown secrets are cached too (negatively, for the same ``ttl``), so a client repeating a bad token costs
+    no query after its first: a new key cannot be in it, since its secret was never seen before it existed.
+    Each table is bounded (cleared when full)."""
+
+    MAX_ENTRIES = 10_000
 
     def __init__(self, ttl: float = 5.0) -> None:
         self.ttl = ttl
         self._entries: dict[str, tuple[float, Principal]] = {}
+        self._unknown: dict[str, float] = {}
 
     def get(self, digest: str) -> Principal | None:
         entry = self._entries.get(digest)
@@ -67,12 +74,24 @@ class KeyCache:
         return entry[1]
 
     def put(self, digest: str, principal: Principal) -> None:
-        if len(self._entries) > 10_000:
+        if len(self._entries) > self.MAX_ENTRIES:
             self._entries.clear()
         self._entries[digest] = (time.monotonic() + self.ttl, principal)
+        self._unknown.pop(digest, None)
+
+    def is_unknown(self, digest: str) -> bool:
+        """True when ``digest`` matched no live key within the last ``ttl`` seconds."""
+        expires = self._unknown.get(digest)
+        return expires is not None and expires >= time.monotonic()
+
+    def put_unknown(self, digest: str) -> None:
+        if len(self._unknown) > self.MAX_ENTRIES:
+            self._unknown.clear()
+        self._unknown[digest] = time.monotonic() + self.ttl
 
     def clear(self) -> None:
         self._entries.clear()
+        self._unknown.clear()
 
 
 def known_principal(secret: str, *, admin_key: str | None, cache: KeyCache | None) -> Principal | None:
@@ -90,10 +109,14 @@ async def authenticate(
     if (known := known_principal(secret, admin_key=admin_key, cache=cache)) is not None:
         return known
     digest = hash_secret(secret)
+    if cache is not None and cache.is_unknown(digest):
+        return None
     row = await session.scalar(
         select(ApiKey).where(ApiKey.secret_hash == digest, ApiKey.revoked_at.is_(None))
     )
     if row is None:
+        if cache is not None:
+            cache.put_unknown(digest)
         return None
     principal = Principal(key_id=row.id, name=row.name, scopes=frozenset(row.scopes), project=row.project)
     if cache is not None:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.dbproxy import DatabaseProxy
 from tests.support.server import ServerProcess
+from tests.support.wsclient import RawAgent
 
 TASK = {"type": "outage", "capabilities": ["outage"]}
 
@@ -67,3 +68,25 @@ def test_an_outage_is_503_with_retry_after_logged_once(proxied: tuple[ServerProc
     assert "database available again" in log
     assert "Exception in ASGI application" not in log
     assert "unhandled error" not in log
+
+
+async def test_a_repeated_bad_token_is_refused_without_the_database(
+    proxied: tuple[ServerProcess, DatabaseProxy],
+) -> None:
+    """An unknown token is remembered for the key cache's 5 s: repeating it costs no query, so with the
+    database cut it is still 401 (REST) and 4001 (agent socket), not 503 / 1013."""
+    server, proxy = proxied
+    bad = {"Authorization": "Bearer ap_not-a-key-at-all"}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=bad, timeout=10) as client:
+        assert (await client.get("/api/v1/tasks")).status_code == 401  # looked up once
+        bad_agent = await RawAgent.connect(server.ws_url, "ap_not-an-agent-key", register=False)
+        assert await bad_agent.closed_with() == 4001
+        proxy.cut()
+        try:
+            for _ in range(20):
+                response = await client.get("/api/v1/tasks")
+                assert response.status_code == 401, response.text
+            again = await RawAgent.connect(server.ws_url, "ap_not-an-agent-key", register=False)
+            assert await again.closed_with() == 4001
+        finally:
+            proxy.start()
