@@ -9,7 +9,11 @@ route by route (routers stay thin and cannot forget one):
   503 (the database is unreachable), the last two with ``Retry-After``; 2xx answers may carry the
   ``RateLimit-*`` headers (app/ratelimit.py);
 - with a path parameter: 404; a write (POST, DELETE): 409; with a request body: 400, 408 and 413;
-- ``/readyz``: 503; server-sent event streams answer ``text/event-stream``, one event at a time.
+- ``/readyz``: 503; server-sent event streams answer ``text/event-stream``, one event at a time;
+- every operation: 431 (request headers over 64 KiB, refused by the HTTP layer before any route runs).
+
+405 (a method the path does not have) is described once, in ``info.description``: an OpenAPI operation is
+a method the path has, so no operation can answer it.
 
 And the input rules the edges enforce where a router's annotation cannot say them: JSON values are
 ``StorableValue`` (app/storable.py: text without NUL, 64-bit integers) and ``Last-Event-ID`` is an event id.
@@ -47,6 +51,7 @@ _DESCRIPTIONS = {
     408: "The request body came too slowly (`AGENTPLANE_HTTP_BODY_TIMEOUT`).",
     409: "The request conflicts with the resource's state or with existing data.",
     413: "The request body is over `AGENTPLANE_MAX_REQUEST_BYTES`.",
+    431: "The request headers are over 64 KiB (the connection is then closed).",
     422: "Invalid input: `errors` names each field (`tasks.3.timeout`, `query.type`).",
     429: "This key is over its rate limit (`AGENTPLANE_RATE_LIMIT`); see `Retry-After`.",
     503: "The database is unreachable (or, for `/readyz`, not ready); see `Retry-After`.",
@@ -77,6 +82,12 @@ _SSE_EVENT = {
 _EXTRA_SUCCESS = {("post", "/api/v1/tasks"): ("201", "200", "The task submitted earlier with this key.")}
 
 
+_METHOD_NOT_ALLOWED = (
+    "A method a path does not have is answered 405 problem+json (`/problems/method_not_allowed`) with an "
+    "`Allow` header listing the path's methods; every error is `application/problem+json` (`Problem`)."
+)
+
+
 def install_openapi(app: FastAPI) -> None:
     generate = app.openapi
 
@@ -96,6 +107,8 @@ def describe_errors(schema: dict[str, Any]) -> dict[str, Any]:
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
     components["StorableValue"] = _STORABLE_VALUE
+    info = schema.setdefault("info", {})
+    info["description"] = "\n\n".join(filter(None, (info.get("description"), _METHOD_NOT_ALLOWED)))
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
             _describe_operation(path, method, operation)
@@ -122,6 +135,7 @@ def _describe_operation(path: str, method: str, operation: dict[str, Any]) -> No
         statuses.add(503)
     if "422" in responses:
         statuses.add(422)
+    statuses.add(431)
     for status in sorted(statuses):
         error: dict[str, Any] = {
             "description": _DESCRIPTIONS[status],

@@ -49,6 +49,13 @@ def test_every_api_operation_documents_its_error_statuses() -> None:
             assert operation["responses"][status]["headers"]["Retry-After"]["required"] is True
 
 
+def test_431_on_every_operation_and_405_in_the_description() -> None:
+    for path, method, operation in _operations():
+        assert operation["responses"]["431"]["content"] == PROBLEM, (path, method)
+    assert "405" in SCHEMA["info"]["description"]
+    assert "Allow" in SCHEMA["info"]["description"]
+
+
 def test_a_repeated_idempotency_key_answer_is_documented() -> None:
     assert {"200", "201"} <= set(SCHEMA["paths"]["/api/v1/tasks"]["post"]["responses"])
 
