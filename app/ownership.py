@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, and_, false
+from sqlalchemy import ColumnElement, and_, false, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.security import Principal, Scope
+
+Row = TypeVar("Row")
 
 # A project is a name an admin gives keys: no spaces, no control characters, nothing that needs escaping.
 PROJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,99}$"
@@ -59,3 +62,17 @@ def visible_to(viewer: Principal, model: Any) -> ColumnElement[bool] | None:
     if viewer.key_id is None:  # only the env admin key has no id, and it is admin: nothing to see here
         return false()
     return and_(model.project.is_(None), model.owner_key_id == viewer.key_id)
+
+
+async def find_visible(
+    session: AsyncSession, model: type[Row], row_id: uuid.UUID, *, viewer: Principal, lock: bool = False
+) -> Row | None:
+    """The task or session ``row_id`` if ``viewer`` may see it (locked FOR UPDATE with ``lock``), else None:
+    the caller answers both cases with the same 404."""
+    query = select(model).where(model.id == row_id)  # type: ignore[attr-defined]
+    if (visible := visible_to(viewer, model)) is not None:
+        query = query.where(visible)
+    if lock:
+        query = query.with_for_update()
+    row: Row | None = await session.scalar(query.execution_options(populate_existing=True))
+    return row

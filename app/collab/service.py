@@ -20,7 +20,7 @@ from app.config import Settings
 from app.db.models import Agent, AgentCapability, CollabSession, SessionEvent, Task
 from app.errors import Conflict, InvalidInput, SessionNotFound
 from app.metrics import Metrics
-from app.ownership import Owner, visible_to
+from app.ownership import Owner, find_visible, visible_to
 from app.routing.policy import policy_from_settings
 from app.security import Principal
 from app.signals import Signals
@@ -183,12 +183,7 @@ async def get_session(
     session: AsyncSession, session_id: uuid.UUID, *, viewer: Principal, lock: bool = False
 ) -> CollabSession:
     """The session, if ``viewer`` may see it; otherwise the same 404 as for an id that does not exist."""
-    query = select(CollabSession).where(CollabSession.id == session_id)
-    if (visible := visible_to(viewer, CollabSession)) is not None:
-        query = query.where(visible)
-    if lock:
-        query = query.with_for_update()
-    row = await session.scalar(query.execution_options(populate_existing=True))
+    row = await find_visible(session, CollabSession, session_id, viewer=viewer, lock=lock)
     if row is None:
         raise SessionNotFound(f"no session with id {session_id}")
     return row

@@ -17,7 +17,7 @@ from app.config import Settings
 from app.db import raw
 from app.db.models import Assignment, Task, TaskEvent
 from app.errors import InvalidInput, TaskConflict, TaskNotFound
-from app.ownership import Owner, visible_to
+from app.ownership import Owner, find_visible, visible_to
 from app.security import Principal
 from app.tasks.schemas import TaskCreate, TaskOut, UsageOut
 from app.tasks.states import TERMINAL, TaskStatus, transition
@@ -209,12 +209,7 @@ async def get_task(
     session: AsyncSession, task_id: uuid.UUID, *, viewer: Principal, lock: bool = False
 ) -> Task:
     """The task, if ``viewer`` may see it; otherwise the same 404 as for an id that does not exist."""
-    query = select(Task).where(Task.id == task_id)
-    if (visible := visible_to(viewer, Task)) is not None:
-        query = query.where(visible)
-    if lock:
-        query = query.with_for_update()
-    task = await session.scalar(query.execution_options(populate_existing=True))
+    task = await find_visible(session, Task, task_id, viewer=viewer, lock=lock)
     if task is None:
         raise TaskNotFound(f"no task with id {task_id}")
     return task
