@@ -71,7 +71,11 @@ class Intake:
             self._writer = loop.create_task(self._write_all(), name="task-intake")
         # Shielded: a client that disconnects must not cancel a write other requests share; its own row is
         # still written (as a lone submit's would be, had the client left after sending it).
-        return await asyncio.shield(future)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_consume)  # nobody awaits it now: its error is not "never retrieved"
+            raise
 
     async def stop(self) -> None:
         writer = self._writer
@@ -110,6 +114,11 @@ class Intake:
         self.rows += len(batch)
         for (_, future), result in zip(batch, results, strict=True):
             _settle(future, result)
+
+
+def _consume(future: asyncio.Future[tuple[TaskOut, bool]]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _settle(future: asyncio.Future[tuple[TaskOut, bool]], outcome: tuple[TaskOut, bool] | Exception) -> None:
