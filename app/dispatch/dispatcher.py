@@ -196,23 +196,20 @@ class Dispatcher(BackgroundService):
         )
 
     async def dispatch_once(self) -> Round:
-        """One batch: claim, route, lease, send."""
-        candidates = self._open_candidates()
-        if not candidates:
+        """One batch: claim, route, lease, send. The claim asks for what the active agents here could take
+        (cached in the fleet); the O(fleet) candidate list is built only when there are tasks to route."""
+        spare = self.fleet.spare()
+        if spare == 0:
             return Round(0, full=False, backlog=True)
-        spare = sum(c.max_concurrency - c.active for c in candidates)
-        offered = sorted(set().union(*(c.capabilities for c in candidates)))
+        capabilities, models, agent_ids = self.fleet.claim_scope()
         limit = min(spare, MAX_BATCH)
         async with raw.transaction(self.engine) as db:
             tasks = await lifecycle.claim_pending(
-                db,
-                capabilities=offered,
-                models=sorted({c.model for c in candidates}),
-                agent_ids=[c.agent_id for c in candidates],
-                limit=limit,
+                db, capabilities=capabilities, models=models, agent_ids=agent_ids, limit=limit
             )
             if not tasks:
                 return Round(0, full=False, backlog=self.fleet.any_full(), waiting=False)
+            candidates = self._open_candidates()
             plans = self._route(tasks, candidates)
             leased = await lifecycle.lease(db, plans, replica_id=self.settings.replica_id)
         self._send(leased)

@@ -60,6 +60,7 @@ class Fleet:
 
     def __init__(self) -> None:
         self.agents: dict[str, LocalAgent] = {}
+        self._scope: tuple[list[str], list[str], list[str]] | None = None  # claim_scope(), until it changes
         # Who refused which task and when, so the dispatcher offers it elsewhere (bounded; a hint only).
         self.rejections: dict[uuid.UUID, dict[str, float]] = {}
 
@@ -71,14 +72,17 @@ class Fleet:
             max_concurrency=agent.max_concurrency,
             prior_success_rate=agent.success_rate,
         )
+        self._scope = None
 
     def agent_left(self, agent_id: str) -> None:
         self.agents.pop(agent_id, None)
+        self._scope = None
 
     def agent_status(self, agent_id: str, status: str) -> None:
         agent = self.agents.get(agent_id)
         if agent is not None:
             agent.status = status
+            self._scope = None
 
     def assignments_ended(self, finished: Sequence[Finished]) -> None:
         for item in finished:
@@ -132,6 +136,24 @@ class Fleet:
             for agent in self.agents.values()
             if agent.status == "active" and len(agent.open) < agent.max_concurrency
         ]
+
+    def claim_scope(self) -> tuple[list[str], list[str], list[str]]:
+        """What the active agents here could take: their capabilities, models and ids, for the claim query.
+        Cached until an agent joins, leaves or changes status: a reconnect storm of thousands of agents would
+        otherwise rebuild it from every agent on every claim."""
+        if self._scope is None:
+            active = [agent for agent in self.agents.values() if agent.status == "active"]
+            capabilities: set[str] = set().union(*(agent.capabilities for agent in active))
+            self._scope = (sorted(capabilities), sorted({a.model for a in active}), [a.id for a in active])
+        return self._scope
+
+    def spare(self) -> int:
+        """Free slots across the active agents."""
+        return sum(
+            max(0, agent.max_concurrency - len(agent.open))
+            for agent in self.agents.values()
+            if agent.status == "active"
+        )
 
     def any_full(self) -> bool:
         """Some active agent has no room: tasks only it could take may be waiting unclaimed."""

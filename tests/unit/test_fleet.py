@@ -83,3 +83,19 @@ def test_a_refusal_keeps_the_task_away_from_that_agent_for_a_while() -> None:
     assert fleet.refused_recently(task_id) == {"a"}
     fleet.assignments_ended([Finished(task_id, "code", "b", "succeeded", uuid.uuid4())])
     assert fleet.refused_recently(task_id) == set()
+
+
+def test_the_claim_scope_follows_joins_leaves_and_status_but_not_leases() -> None:
+    fleet = Fleet()
+    joined(fleet, "a", slots=1, capabilities=("code", "review"))
+    joined(fleet, "b", slots=2, capabilities=("code",))
+    assert fleet.claim_scope() == (["code", "review"], ["gpt-4"], ["a", "b"])
+    assert fleet.spare() == 3
+    fleet.leased("a", uuid.uuid4())  # a full agent still belongs to the scope; its slot is not spare
+    assert fleet.claim_scope() == (["code", "review"], ["gpt-4"], ["a", "b"])
+    assert fleet.spare() == 2
+    fleet.agent_status("a", "draining")
+    assert fleet.claim_scope() == (["code"], ["gpt-4"], ["b"])
+    fleet.agent_left("b")
+    assert fleet.claim_scope() == ([], [], [])
+    assert fleet.spare() == 0
