@@ -64,6 +64,22 @@ async def test_register_appears_in_registry_index_and_totals(server: ServerProce
         await agent.close()
 
 
+async def test_a_reconnect_replaces_the_capability_index_entries(
+    server: ServerProcess, agent_key: str
+) -> None:
+    url = server.ws_url
+    first = await RawAgent.connect(url, agent_key, agent_id="reindex", capabilities=["old", "kept"])
+    await first.close()
+    second = await RawAgent.connect(url, agent_key, agent_id="reindex", capabilities=["kept", "new"])
+    try:
+        async with api(server) as client:
+            index = (await client.get("/api/v1/capabilities")).json()["items"]
+            holders = {item["name"]: item["agents"] for item in index if "reindex" in item["agents"]}
+            assert holders == {"kept": ["reindex"], "new": ["reindex"]}
+    finally:
+        await second.close()
+
+
 async def test_a_wrong_key_is_closed_4001(server: ServerProcess) -> None:
     agent = await RawAgent.connect(server.ws_url, "ap_wrong", register=False)
     assert await agent.closed_with() == 4001
