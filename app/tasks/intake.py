@@ -86,7 +86,12 @@ class Intake:
     async def _write_all(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting[:MAX_ROWS], self._waiting[MAX_ROWS:]
-            await self._write(batch)
+            try:
+                await self._write(batch)
+            except Exception as exc:  # a bug here must fail these requests, never leave them waiting
+                logger.exception("task intake failed")
+                for _, future in batch:
+                    _settle(future, exc)
 
     async def _write(self, batch: list[Pending], *, place: bool = True) -> None:
         rows = [row for row, _ in batch]
@@ -107,13 +112,16 @@ class Intake:
                 return
             _settle(batch[0][1], exc)
             return
-        if placer is not None:
-            placer.release([row for row in rows if row["agent_id"] is not None and row["id"] not in records])
-            placer.deliver([record for record in records.values() if record["agent_id"] is not None])
         self.statements += 1
         self.rows += len(batch)
-        for (_, future), result in zip(batch, results, strict=True):
-            _settle(future, result)
+        try:
+            if placer is not None:
+                repeated = [row for row in rows if row["agent_id"] is not None and row["id"] not in records]
+                placer.release(repeated)  # a repeated idempotency key: no lease was written
+                placer.deliver([record for record in records.values() if record["agent_id"] is not None])
+        finally:  # the tasks are written: their requests are answered whatever happens to the assigns
+            for (_, future), result in zip(batch, results, strict=True):
+                _settle(future, result)
 
 
 def _consume(future: asyncio.Future[tuple[TaskOut, bool]]) -> None:
