@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 
 from app.agents.service import RegisteredAgent
@@ -99,3 +100,33 @@ def test_the_claim_scope_follows_joins_leaves_and_status_but_not_leases() -> Non
     fleet.agent_left("b")
     assert fleet.claim_scope() == ([], [], [])
     assert fleet.spare() == 0
+
+
+def test_the_running_counts_match_a_recount_after_any_sequence_of_changes() -> None:
+    rng = random.Random(11)
+    fleet = Fleet()
+    leases: list[tuple[str, uuid.UUID]] = []
+    for _ in range(3_000):
+        agent_id = f"a{rng.randrange(12)}"
+        action = rng.randrange(7)
+        if action == 0:
+            joined(fleet, agent_id, slots=rng.randint(1, 3), capabilities=tuple(rng.sample("xyz", 2)))
+        elif action == 1:
+            fleet.agent_left(agent_id)
+        elif action == 2:
+            fleet.agent_status(agent_id, rng.choice(["active", "draining", "unhealthy"]))
+        elif action in (3, 4):
+            assignment = uuid.uuid4()
+            fleet.leased(agent_id, assignment)
+            leases.append((agent_id, assignment))
+        elif action == 5 and leases:
+            fleet.assignment_ended(*leases.pop(rng.randrange(len(leases))))
+        else:
+            fleet.resync({agent.id: set(list(agent.open)[:1]) for agent in fleet.agents.values()})
+        active = [agent for agent in fleet.agents.values() if agent.status == "active"]
+        assert fleet.spare() == sum(max(0, a.max_concurrency - len(a.open)) for a in active)
+        assert fleet.any_full() == any(len(a.open) >= a.max_concurrency for a in active)
+        capabilities, models, ids = fleet.claim_scope()
+        assert capabilities == sorted(set().union(*(a.capabilities for a in active)))
+        assert models == sorted({a.model for a in active})
+        assert sorted(ids) == sorted(a.id for a in active)
