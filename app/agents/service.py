@@ -5,10 +5,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import bindparam, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import raw
@@ -36,35 +34,33 @@ class RegisteredAgent:
     version: int  # this registration's version of the agents row: a later one supersedes it
 
 
-_PARAMS = ("id", "name", "model", "capabilities", "max_concurrency", "replica_id", "owner_key_id")
-_insert_agent = insert(Agent).values(
-    {name: bindparam(name) for name in _PARAMS}
-    | {"status": "active", "connected_at": func.now(), "last_seen_at": func.now(), "health_failures": 0}
+# Registration is two statements besides the transaction's own: one read (the current owner and replica, and
+# whether the id still holds open work) and one write (the agent and its capability index). A reconnect storm
+# of thousands of agents runs these thousands of times a minute, so they are fixed asyncpg statements.
+_EXISTING = """SELECT replica_id, status, owner_key_id,
+    EXISTS (SELECT 1 FROM assignments WHERE agent_id = $1 AND status IN ('assigned', 'running')) AS holds_work
+FROM agents WHERE id = $1"""
+# A reconnect refreshes the row, bumps its version and keeps its first owner. The capability index is replaced
+# in the same statement; one statement cannot delete and re-insert the same key (both see one snapshot), so
+# names that stay are updated in place and only names that went are deleted.
+_UPSERT = """WITH agent AS (
+    INSERT INTO agents (id, name, model, capabilities, max_concurrency, replica_id, owner_key_id, status,
+        connected_at, last_seen_at, health_failures)
+    VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, 'active', now(), now(), 0)
+    ON CONFLICT (id) DO UPDATE SET name = excluded.name, model = excluded.model,
+        capabilities = excluded.capabilities, max_concurrency = excluded.max_concurrency,
+        replica_id = excluded.replica_id, status = excluded.status, connected_at = excluded.connected_at,
+        last_seen_at = excluded.last_seen_at, health_failures = excluded.health_failures,
+        version = agents.version + 1, owner_key_id = coalesce(agents.owner_key_id, excluded.owner_key_id)
+    RETURNING name, model, max_concurrency, tasks_completed, tasks_failed, version
+), gone AS (
+    DELETE FROM agent_capabilities WHERE agent_id = $1 AND name <> ALL($8::text[])
+), kept AS (
+    INSERT INTO agent_capabilities (agent_id, name, type, version)
+    SELECT $1, name, type, version FROM unnest($8::text[], $9::text[], $10::text[]) AS c(name, type, version)
+    ON CONFLICT (agent_id, name) DO UPDATE SET type = excluded.type, version = excluded.version
 )
-# One fixed statement (compiled once, like every hot statement): a reconnect refreshes the row, bumps its
-# version and keeps its first owner.
-_UPSERT_AGENT = _insert_agent.on_conflict_do_update(
-    index_elements=[Agent.id],
-    set_={
-        name: _insert_agent.excluded[name]
-        for name in (*_PARAMS[1:-1], "status", "connected_at", "last_seen_at", "health_failures")
-    }
-    | {
-        "version": Agent.version + 1,
-        "owner_key_id": func.coalesce(Agent.owner_key_id, bindparam("owner_key_id")),
-    },
-).returning(Agent)
-
-
-# The capability index of one agent replaced in one statement (ORM bulk inserts were a tenth of the server's
-# CPU while a fleet reconnected). One statement cannot delete and re-insert the same key (both see the same
-# snapshot), so names that stay are updated in place and only names that went are deleted.
-_REPLACE_CAPABILITIES = """WITH gone AS (
-    DELETE FROM agent_capabilities WHERE agent_id = $1 AND name <> ALL($2::text[])
-)
-INSERT INTO agent_capabilities (agent_id, name, type, version)
-SELECT $1, name, type, version FROM unnest($2::text[], $3::text[], $4::text[]) AS c(name, type, version)
-ON CONFLICT (agent_id, name) DO UPDATE SET type = excluded.type, version = excluded.version"""
+SELECT * FROM agent"""
 
 
 def new_agent_id() -> str:
@@ -91,54 +87,50 @@ async def register(
             f"model {frame.model!r} is not allowed here; allowed: {', '.join(allowed_models)}",
         )
     agent_id = frame.agent_id or new_agent_id()
-    values: dict[str, Any] = {
-        "id": agent_id,
-        "name": frame.name or agent_id,
-        "model": frame.model,
-        "capabilities": [cap.model_dump() for cap in frame.capabilities],
-        "max_concurrency": frame.max_concurrency or default_concurrency,
-        "replica_id": replica_id,
-        "owner_key_id": key_id,
-    }
-    existing = (
-        await session.execute(
-            select(Agent.replica_id, Agent.status, Agent.owner_key_id).where(Agent.id == agent_id)
-        )
-    ).first()
-    if existing is not None and existing.owner_key_id not in (None, key_id) and not admin:
+    await session.execute(select(1))  # begins the session's transaction, which the statements below join
+    db = await raw.driver_of(session)
+    existing = await db.fetchrow(_EXISTING, agent_id)
+    if existing is not None and existing["owner_key_id"] not in (None, key_id) and not admin:
         raise AgentRejected(CloseCode.UNAUTHORIZED, f"agent id {agent_id!r} is registered to another API key")
-    previous_replica = existing.replica_id if existing is not None and existing.status != "offline" else None
+    previous_replica = (
+        existing["replica_id"] if existing is not None and existing["status"] != "offline" else None
+    )
     # Whatever an old connection held went with it: the queue gets it back now, not at lease expiry.
     # (Requeue before touching the agent row: tasks, assignments, then agents is the lock order.)
     requeued = (
         await recovery.requeue_open_assignments(
             session, agent_ids=[agent_id], reason="agent reconnected", undelivered=set(undelivered)
         )
-        if existing is not None  # a new agent holds nothing
+        if existing is not None and existing["holds_work"]
         else lifecycle.Outcome()
     )
-    agent = (await session.scalars(_UPSERT_AGENT, values)).one()
-    db = await raw.driver_of(session)
-    await db.execute(
-        _REPLACE_CAPABILITIES,
+    capabilities = frame.capabilities
+    agent = await db.fetchrow(
+        _UPSERT,
         agent_id,
-        [cap.name for cap in frame.capabilities],
-        [cap.type for cap in frame.capabilities],
-        [cap.version for cap in frame.capabilities],
+        frame.name or agent_id,
+        frame.model,
+        raw.json_text([cap.model_dump() for cap in capabilities]),
+        frame.max_concurrency or default_concurrency,
+        replica_id,
+        key_id,
+        [cap.name for cap in capabilities],
+        [cap.type for cap in capabilities],
+        [cap.version for cap in capabilities],
     )
     if previous_replica is not None and previous_replica != replica_id:
         await notify(session, {"k": "replace", "agent": agent_id, "replica": replica_id})
-    done = agent.tasks_completed + agent.tasks_failed
+    done = agent["tasks_completed"] + agent["tasks_failed"]
     return RegisteredAgent(
         id=agent_id,
-        name=agent.name,
-        model=agent.model,
+        name=agent["name"],
+        model=agent["model"],
         capabilities=frozenset(cap.name for cap in frame.capabilities),
-        max_concurrency=agent.max_concurrency,
-        success_rate=agent.tasks_completed / done if done else 1.0,
+        max_concurrency=agent["max_concurrency"],
+        success_rate=agent["tasks_completed"] / done if done else 1.0,
         active=0,
         requeued=requeued,
-        version=agent.version,
+        version=agent["version"],
     )
 
 
