@@ -34,6 +34,12 @@ class RegisteredAgent:
     version: int  # this registration's version of the agents row: a later one supersedes it
 
 
+# Registration is two statements besides the transaction's own: one read (the current owner and replica, and
+# whether the id still holds open work) and one write (the agent and its capability index). A reconnect storm
+# of thousands of agents runs these thousands of times a minute, so they are fixed asyncpg statements.
+_EXISTING = """SELECT replica_id, status, owner_key_id,
+    EXISTS (SELECT 1 FROM assignments WHERE agent_id = $1 AND status IN ('assigned', 'running')) AS holds_work
+FROM agents WHERE id = $1"""
 # A reconnect refreshes the row, bumps its version and keeps its first owner. The capability index is replaced
 # in the same statement; one statement cannot delete and re-insert the same key (both see one snapshot), so
 # names that stay are updated in place and only names that went are deleted.
@@ -81,29 +87,21 @@ async def register(
             f"model {frame.model!r} is not allowed here; allowed: {', '.join(allowed_models)}",
         )
     agent_id = frame.agent_id or new_agent_id()
-    # Registration is two statements: one read (the current owner and replica, and whether the id still holds
-    # open work) and one write (the agent and its capability index); a reconnect storm of thousands of agents
-    # runs them thousands of times a minute. The read goes through the session: its first statement also
-    # begins the transaction the write joins.
-    holds_work = (
-        select(Assignment.id)
-        .where(Assignment.agent_id == agent_id, Assignment.status.in_(lifecycle.OPEN_ASSIGNMENT))
-        .exists()
-        .label("holds_work")
-    )
-    read = select(Agent.replica_id, Agent.status, Agent.owner_key_id, holds_work).where(Agent.id == agent_id)
-    existing = (await session.execute(read)).first()
+    await session.execute(select(1))  # begins the session's transaction, which the statements below join
     db = await raw.driver_of(session)
-    if existing is not None and existing.owner_key_id not in (None, key_id) and not admin:
+    existing = await db.fetchrow(_EXISTING, agent_id)
+    if existing is not None and existing["owner_key_id"] not in (None, key_id) and not admin:
         raise AgentRejected(CloseCode.UNAUTHORIZED, f"agent id {agent_id!r} is registered to another API key")
-    previous_replica = existing.replica_id if existing is not None and existing.status != "offline" else None
+    previous_replica = (
+        existing["replica_id"] if existing is not None and existing["status"] != "offline" else None
+    )
     # Whatever an old connection held went with it: the queue gets it back now, not at lease expiry.
     # (Requeue before touching the agent row: tasks, assignments, then agents is the lock order.)
     requeued = (
         await recovery.requeue_open_assignments(
             session, agent_ids=[agent_id], reason="agent reconnected", undelivered=set(undelivered)
         )
-        if existing is not None and existing.holds_work
+        if existing is not None and existing["holds_work"]
         else lifecycle.Outcome()
     )
     capabilities = frame.capabilities
