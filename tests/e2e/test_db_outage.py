@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.dbproxy import DatabaseProxy
 from tests.support.server import ServerProcess
+from tests.support.tcpproxy import TcpProxy
 from tests.support.wsclient import RawAgent
 
 TASK = {"type": "outage", "capabilities": ["outage"]}
@@ -23,13 +23,13 @@ TASK = {"type": "outage", "capabilities": ["outage"]}
 @pytest.fixture(scope="module")
 def proxied(
     database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[ServerProcess, DatabaseProxy]]:
-    proxy = DatabaseProxy(database_url).start()
-    server = ServerProcess(proxy.url, log_dir=tmp_path_factory.mktemp("outage-logs"))
+) -> Iterator[tuple[ServerProcess, TcpProxy]]:
+    proxy = TcpProxy.in_front_of(database_url).start()
+    server = ServerProcess(proxy.url_for(database_url), log_dir=tmp_path_factory.mktemp("outage-logs"))
     server.start()
     yield server, proxy
     server.stop()
-    proxy.cut()
+    proxy.stop()
 
 
 def _wait_for(client: httpx.Client, status: int, seconds: float = 20.0) -> httpx.Response:
@@ -41,13 +41,13 @@ def _wait_for(client: httpx.Client, status: int, seconds: float = 20.0) -> httpx
         time.sleep(0.2)
 
 
-def test_an_outage_is_503_with_retry_after_logged_once(proxied: tuple[ServerProcess, DatabaseProxy]) -> None:
+def test_an_outage_is_503_with_retry_after_logged_once(proxied: tuple[ServerProcess, TcpProxy]) -> None:
     server, proxy = proxied
     key = server.create_key("client", "outage")
     with server.client(key) as client:
         assert client.post("/api/v1/tasks", json=TASK).status_code == 201
 
-        proxy.cut()
+        proxy.down()
         answers = [client.post("/api/v1/tasks", json=TASK) for _ in range(5)]
         answers += [client.get("/api/v1/tasks") for _ in range(3)]
         for answer in answers:
@@ -59,7 +59,7 @@ def test_an_outage_is_503_with_retry_after_logged_once(proxied: tuple[ServerProc
         assert ready.status_code == 503
         assert "retry-after" in ready.headers
 
-        proxy.start()  # the database is back: the server recovers without a restart
+        proxy.up()  # the database is back: the server recovers without a restart
         assert _wait_for(client, 201).status_code == 201
         assert httpx.get(f"{server.base_url}/readyz").status_code == 200
 
@@ -71,7 +71,7 @@ def test_an_outage_is_503_with_retry_after_logged_once(proxied: tuple[ServerProc
 
 
 async def test_a_repeated_bad_token_is_refused_without_the_database(
-    proxied: tuple[ServerProcess, DatabaseProxy],
+    proxied: tuple[ServerProcess, TcpProxy],
 ) -> None:
     """An unknown token is remembered for the key cache's 5 s: repeating it costs no query, so with the
     database cut it is still 401 (REST) and 4001 (agent socket), not 503 / 1013."""
@@ -81,7 +81,7 @@ async def test_a_repeated_bad_token_is_refused_without_the_database(
         assert (await client.get("/api/v1/tasks")).status_code == 401  # looked up once
         bad_agent = await RawAgent.connect(server.ws_url, "ap_not-an-agent-key", register=False)
         assert await bad_agent.closed_with() == 4001
-        proxy.cut()
+        proxy.down()
         try:
             for _ in range(20):
                 response = await client.get("/api/v1/tasks")
@@ -89,4 +89,4 @@ async def test_a_repeated_bad_token_is_refused_without_the_database(
             again = await RawAgent.connect(server.ws_url, "ap_not-an-agent-key", register=False)
             assert await again.closed_with() == 4001
         finally:
-            proxy.start()
+            proxy.up()

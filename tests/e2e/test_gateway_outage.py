@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import make_url
 
 from tests.support.server import ServerProcess
 from tests.support.tcpproxy import TcpProxy
@@ -19,12 +18,7 @@ from tests.support.wsclient import RawAgent
 
 @pytest.fixture(scope="module")
 def proxy(database_url: str) -> Iterator[TcpProxy]:
-    url = make_url(database_url)
-    socket_dir = url.query.get("host")
-    unix_path = None
-    if isinstance(socket_dir, str):  # the embedded PostgreSQL listens on a socket file only
-        unix_path = str(next(p for p in Path(socket_dir).glob(".s.PGSQL.*") if p.suffix != ".lock"))
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432, unix_path=unix_path).start()
+    proxy = TcpProxy.in_front_of(database_url).start()
     yield proxy
     proxy.stop()
 
@@ -33,11 +27,7 @@ def proxy(database_url: str) -> Iterator[TcpProxy]:
 def outage_server(
     database_url: str, proxy: TcpProxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    url = make_url(database_url)
-    url = url.set(
-        host="127.0.0.1", port=proxy.port, query={k: v for k, v in url.query.items() if k != "host"}
-    )
-    proxied = url.render_as_string(hide_password=False)
+    proxied = proxy.url_for(database_url)
     env = {"AGENT_HEALTH_CHECK_INTERVAL": "60s"}
     server = ServerProcess(proxied, env=env, log_dir=Path(tmp_path_factory.mktemp("outage-logs"))).start()
     yield server

@@ -7,11 +7,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-import asyncpg
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
+from tests.support import sql
 from tests.support.server import ServerProcess
 from tests.support.wsclient import RawAgent
 
@@ -25,10 +24,7 @@ def workers(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 async def replica_ids(database_url: str) -> list[str]:
-    url = make_url(database_url)
-    connection = await asyncpg.connect(
-        user=url.username, database=url.database, host=url.query.get("host") or url.host, port=url.port
-    )
+    connection = await sql.connect(database_url)
     try:
         return sorted(row["id"] for row in await connection.fetch("SELECT id FROM replicas"))
     finally:

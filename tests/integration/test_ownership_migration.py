@@ -7,10 +7,8 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import asyncpg
 import pytest
 from alembic import command
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.collab import service as sessions
@@ -25,6 +23,7 @@ from app.tasks import service as tasks
 from app.tasks.intake import Intake
 from app.tasks.schemas import TaskCreate, TaskOut
 from tests.support import postgres as test_postgres
+from tests.support import sql
 
 LEGACY_TASK = uuid.UUID("00000000-0000-4000-8000-000000000001")
 LEGACY_SESSION = uuid.UUID("00000000-0000-4000-8000-000000000002")
@@ -42,14 +41,7 @@ def legacy_url(postgres: test_postgres.TestPostgres) -> Iterator[str]:
 
 
 async def _write_legacy_rows(url: str) -> None:
-    parsed = make_url(url)
-    conn = await asyncpg.connect(
-        user=parsed.username,
-        password=parsed.password,
-        database=parsed.database,
-        host=parsed.query.get("host") or parsed.host,
-        port=parsed.port,
-    )
+    conn = await sql.connect(url)
     try:
         await conn.execute(
             "INSERT INTO tasks (id, type, required_capabilities, payload, status, max_attempts, timeout,"

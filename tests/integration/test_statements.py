@@ -12,13 +12,13 @@ from typing import cast
 import asyncpg
 import pytest
 from sqlalchemy import Table
-from sqlalchemy.engine import make_url
 
 from app.db import raw
 from app.db.models import Task
 from app.tasks import service
 from app.tasks.rows import AssignmentRow, TaskRow, TrackedRow
 from app.tasks.schemas import TaskOut
+from tests.support import sql
 
 # The modules whose statements are text (app/db/raw.py: the per-task paths run on asyncpg directly).
 MODULES = (
@@ -51,10 +51,7 @@ def _update_of_every_written_column(row: type[TrackedRow]) -> str:
 
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    url = make_url(database_url)
-    connection = await asyncpg.connect(
-        user=url.username, database=url.database, host=url.query.get("host") or url.host, port=url.port
-    )
+    connection = await sql.connect(database_url)
     yield connection
     await connection.close()
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 
 class TcpProxy:
@@ -17,6 +20,22 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+
+    @classmethod
+    def in_front_of(cls, database_url: str) -> TcpProxy:
+        """A proxy to the PostgreSQL of ``database_url`` (TCP, or the socket file the embedded one uses)."""
+        url = make_url(database_url)
+        socket_dir = url.query.get("host")
+        unix_path = None
+        if isinstance(socket_dir, str):  # the embedded PostgreSQL listens on a socket file only
+            unix_path = str(next(p for p in Path(socket_dir).glob(".s.PGSQL.*") if p.suffix != ".lock"))
+        return cls(url.host or "127.0.0.1", url.port or 5432, unix_path=unix_path)
+
+    def url_for(self, database_url: str) -> str:
+        """``database_url`` reached through this proxy (started: its port is known)."""
+        url = make_url(database_url)
+        query = {key: value for key, value in url.query.items() if key != "host"}
+        return url.set(host="127.0.0.1", port=self.port, query=query).render_as_string(hide_password=False)
 
     def start(self) -> TcpProxy:
         self._thread.start()
