@@ -30,12 +30,30 @@ _ENV_ADMIN = "env-admin"
 _MAX_BUCKETS = 100_000  # far above any real number of keys: a bound, not a policy
 
 
-class _Bucket:
-    __slots__ = ("stamp", "tokens")
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; one per request (or frame). No I/O, no lock: the
+    one algorithm behind the REST limit (a bucket per key) and the agent frame limit (one per connection)."""
 
-    def __init__(self, tokens: float, stamp: float) -> None:
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate  # tokens per second; 0 turns the limit off
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> float:
+        """Take a token: 0.0 when there was one, else the seconds until one is due (none is taken)."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return 0.0
         self.tokens = tokens
-        self.stamp = stamp
+        return (1.0 - tokens) / self.rate
 
 
 class RateLimit:
@@ -47,7 +65,7 @@ class RateLimit:
         self.burst = burst
         self.key_cache = key_cache
         self.admin_key = admin_key.encode() if admin_key else None
-        self.buckets: dict[object, _Bucket] = {}
+        self.buckets: dict[object, TokenBucket] = {}
         self._limit_header = (b"ratelimit-limit", str(burst).encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -55,19 +73,14 @@ class RateLimit:
         if key is None:
             await self.app(scope, receive, send)
             return
-        now = time.monotonic()
         bucket = self.buckets.get(key)
         if bucket is None:
             if len(self.buckets) >= _MAX_BUCKETS:
                 self.buckets.clear()
-            bucket = self.buckets[key] = _Bucket(float(self.burst), now)
-        else:
-            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
-            bucket.stamp = now
-        if bucket.tokens < 1:
+            bucket = self.buckets[key] = TokenBucket(self.rate, self.burst)
+        if bucket.take():
             await self._refuse(scope, receive, send, bucket.tokens)
             return
-        bucket.tokens -= 1
         headers = self._headers(bucket.tokens)
 
         async def send_with_headers(message: Message) -> None:

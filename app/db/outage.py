@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import asyncpg
 import orjson
@@ -109,3 +110,14 @@ class OutageLog:
 
 OUTAGES = OutageLog()
 """The process's one record of the database's state (every path reports to it)."""
+
+
+def report_failure(log: logging.Logger, exc: BaseException, message: str, **extra: Any) -> bool:
+    """Log a failed database step: True when ``exc`` is an outage (logged once, when the state flips, so a
+    fleet reconnecting into an outage does not write a traceback per socket); otherwise ``message`` with its
+    traceback, and False."""
+    if is_outage(exc):
+        OUTAGES.failed(exc)
+        return True
+    log.error(message, exc_info=exc, extra=extra or None)
+    return False

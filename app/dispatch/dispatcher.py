@@ -17,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.background import BackgroundService
 from app.config import Settings
 from app.db import raw
+from app.db.outage import report_failure
 from app.db.session import engine_of
 from app.dispatch.effects import Effects
 from app.dispatch.fleet import Fleet
-from app.gateway.failures import report_failure
 from app.gateway.hub import Hub
 from app.gateway.protocol import Assign
 from app.routing.batch import route_batch

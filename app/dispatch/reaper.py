@@ -13,8 +13,8 @@ from app.agents import service as agents
 from app.background import BackgroundService
 from app.config import Settings
 from app.db.models import Agent, Replica
+from app.db.outage import report_failure
 from app.dispatch.effects import Effects
-from app.gateway.failures import report_failure
 from app.tasks import recovery
 
 logger = logging.getLogger(__name__)

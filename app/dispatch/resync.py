@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.background import BackgroundService
 from app.db.models import Assignment
+from app.db.outage import report_failure
 from app.dispatch.fleet import Fleet
-from app.gateway.failures import report_failure
 
 logger = logging.getLogger(__name__)
 

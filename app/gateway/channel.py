@@ -13,11 +13,11 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.agents import service as agents
+from app.db.outage import report_failure
 from app.dispatch.effects import Effects
 from app.errors import WsErrorCode
 from app.gateway.batcher import FrameBatcher
 from app.gateway.connection import Connection
-from app.gateway.failures import report_failure
 from app.gateway.protocol import (
     Accept,
     Drain,

@@ -19,13 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.agents import service as agents
 from app.config import Settings
-from app.db.outage import OUTAGES
+from app.db.outage import OUTAGES, report_failure
 from app.dispatch.effects import Effects
 from app.errors import AgentRejected, CloseCode, WsErrorCode
 from app.gateway.batcher import FrameBatcher
 from app.gateway.channel import AgentChannel, DatabaseUnavailable
 from app.gateway.connection import Connection
-from app.gateway.failures import report_failure
 from app.gateway.hub import Hub
 from app.gateway.protocol import (
     AGENT_FRAME_TYPES,
@@ -35,7 +34,7 @@ from app.gateway.protocol import (
     Registered,
     parse_agent_frame,
 )
-from app.gateway.ratelimit import PATIENT, FrameBucket
+from app.gateway.ratelimit import PATIENT, TokenBucket
 from app.gateway.watch import SocketWatch
 from app.security import KeyCache, Principal, Scope, authenticate, bearer_token
 from app.tasks.work import Outcome
@@ -280,7 +279,7 @@ class Gateway:
 
     async def _read_loop(self, websocket: WebSocket, connection: Connection, channel: AgentChannel) -> None:
         bad = limited = 0
-        bucket = FrameBucket(self.settings.ws_frame_rate, self.settings.ws_frame_burst)
+        bucket = TokenBucket(self.settings.ws_frame_rate, self.settings.ws_frame_burst)
         while not connection.closed:
             text = await _receive_text(websocket)
             if text is None:

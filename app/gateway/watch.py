@@ -22,8 +22,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.background import BackgroundService
+from app.db.outage import report_failure
 from app.errors import CloseCode
-from app.gateway.failures import report_failure
 from app.gateway.hub import Hub
 
 logger = logging.getLogger(__name__)

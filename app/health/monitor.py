@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.agents import service as agents
 from app.background import BackgroundService
 from app.config import Settings
+from app.db.outage import report_failure
 from app.dispatch.effects import Effects
 from app.gateway.connection import Connection
-from app.gateway.failures import report_failure
 from app.gateway.hub import Hub
 from app.gateway.protocol import Ping
 from app.tasks import recovery
