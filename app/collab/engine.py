@@ -30,8 +30,9 @@ from app.ownership import Owner
 from app.signals import Signals
 from app.tasks.lifecycle import db_now
 from app.tasks.schemas import TaskCreate
-from app.tasks.service import cancel_open_task, insert_tasks
+from app.tasks.service import cancel_open_task
 from app.tasks.states import OPEN, TERMINAL
+from app.tasks.submit import insert_tasks
 
 RUNNING = "running"
 FINISHED_EVENT = "finished"

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.db import raw
-from app.tasks import service
+from app.tasks import submit
 from app.tasks.schemas import TaskOut
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class Intake:
         self.rows = 0
 
     async def submit(self, row: dict[str, Any]) -> tuple[TaskOut, bool]:
-        """Write one task row (from ``service.row_of``); the task as stored, and whether it is new."""
+        """Write one task row (from ``submit.row_of``); the task as stored, and whether it is new."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[TaskOut, bool]] = loop.create_future()
         self._waiting.append((row, future))
@@ -100,7 +100,7 @@ class Intake:
             await placer.place(rows)
         try:
             async with raw.connection(self.engine) as db:
-                results, records = await service.insert_rows(db, self.settings, rows)
+                results, records = await submit.insert_rows(db, self.settings, rows)
         except Exception as exc:
             if placer is not None:
                 placer.release([row for row in rows if row["agent_id"] is not None])

@@ -12,7 +12,7 @@ from app.ownership import Owner
 from app.responses import json_response
 from app.signals import Signals
 from app.sse import resume_after
-from app.tasks import service, watch
+from app.tasks import service, submit, watch
 from app.tasks.intake import Intake
 from app.tasks.schemas import (
     AssignmentList,
@@ -34,7 +34,7 @@ async def submit_task(body: TaskCreate, request: Request, principal: ClientDep) 
     # resolves every dependency on every request; they were a tenth of a submit's CPU).
     state = request.app.state
     intake: Intake = state.runtime.intake
-    row = service.row_of(body, state.settings, owner=Owner.of(principal), session_id=None, session_key=None)
+    row = submit.row_of(body, state.settings, owner=Owner.of(principal), session_id=None, session_key=None)
     task, created = await intake.submit(row)  # concurrent submits share one statement (group commit)
     if task.status == "pending":  # not leased at submit: this replica's dispatcher now, NOTIFY the others
         signals: Signals = state.runtime.signals
@@ -51,7 +51,7 @@ async def submit_task(body: TaskCreate, request: Request, principal: ClientDep) 
 async def submit_batch(
     body: TaskBatchCreate, maker: MakerDep, settings: SettingsDep, signals: SignalsDep, principal: ClientDep
 ) -> Response:
-    tasks = await service.submit_batch(engine_of(maker), settings, body.tasks, owner=Owner.of(principal))
+    tasks = await submit.submit_batch(engine_of(maker), settings, body.tasks, owner=Owner.of(principal))
     signals.work_available()
     return json_response(TaskBatchOut(tasks=tasks), status_code=status.HTTP_201_CREATED)
 

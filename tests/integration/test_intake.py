@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings, load_settings
 from app.db.session import create_engine
 from app.ownership import NOBODY
-from app.tasks import service
+from app.tasks import submit
 from app.tasks.intake import Intake
 from app.tasks.schemas import TaskCreate
 
@@ -27,7 +27,7 @@ async def engine(fresh_database_url: str) -> AsyncIterator[AsyncEngine]:
 
 def row(settings: Settings, index: int, key: str | None = None) -> dict[str, object]:
     spec = TaskCreate(type="echo", capabilities=["echo"], payload={"i": index}, idempotency_key=key)
-    return service.row_of(spec, settings, owner=NOBODY, session_id=None, session_key=None)
+    return submit.row_of(spec, settings, owner=NOBODY, session_id=None, session_key=None)
 
 
 async def test_concurrent_submits_share_one_statement(engine: AsyncEngine, fresh_database_url: str) -> None:

@@ -22,6 +22,7 @@ from app.security import ENV_ADMIN, Principal, Scope
 from app.tasks import service as tasks
 from app.tasks.intake import Intake
 from app.tasks.schemas import TaskCreate, TaskOut
+from app.tasks.submit import row_of
 from tests.support import postgres as test_postgres
 from tests.support import sql
 
@@ -110,7 +111,7 @@ async def test_an_old_idempotency_key_is_the_unowned_ones_only(
     intake = Intake(engine=engine, settings=settings)
 
     async def submit(owner: Owner) -> tuple[TaskOut, bool]:
-        row = tasks.row_of(spec, settings, owner=owner, session_id=None, session_key=None)
+        row = row_of(spec, settings, owner=owner, session_id=None, session_key=None)
         return await intake.submit(row)
 
     # The environment's admin key submits without an owner, as every submission did before: the same task.

@@ -15,7 +15,7 @@ from sqlalchemy import Table
 
 from app.db import raw
 from app.db.models import Task
-from app.tasks import service
+from app.tasks import service, submit
 from app.tasks.rows import AssignmentRow, TaskRow, TrackedRow
 from app.tasks.schemas import TaskOut
 from tests.support import sql
@@ -23,6 +23,7 @@ from tests.support import sql
 # The modules whose statements are text (app/db/raw.py: the per-task paths run on asyncpg directly).
 MODULES = (
     "app.tasks.service",
+    "app.tasks.submit",
     "app.tasks.lifecycle",
     "app.tasks.work",
     "app.tasks.recovery",
@@ -58,7 +59,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 def test_the_scan_finds_the_hot_statements() -> None:
     found = dict(statements())
-    assert "app.tasks.service._INSERT_TASKS" in found
+    assert "app.tasks.submit._INSERT_TASKS" in found
     assert "app.tasks.lifecycle._CLAIM" in found
     assert "app.tasks.lifecycle._LEASE" in found
     assert len(found) >= 15
@@ -73,7 +74,7 @@ async def test_every_statement_prepares_against_the_migrated_schema(
 
 async def test_a_renamed_column_fails_to_prepare(db: asyncpg.Connection) -> None:
     with pytest.raises(asyncpg.UndefinedColumnError):
-        await db.prepare(service._INSERT_TASKS.replace("idempotency_key", "idempotency"))
+        await db.prepare(submit._INSERT_TASKS.replace("idempotency_key", "idempotency"))
 
 
 def test_every_field_of_the_task_view_is_a_column() -> None:
