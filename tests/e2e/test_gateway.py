@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 
-import httpx
 import pytest
 import websockets
 
@@ -28,14 +27,8 @@ def agent_key(server: ServerProcess) -> str:
     return server.create_key("agent", name="gateway-agents")
 
 
-def api(server: ServerProcess) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=server.base_url, headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=10
-    )
-
-
 async def agent_status(server: ServerProcess, agent_id: str) -> str | None:
-    async with api(server) as client:
+    async with server.async_client() as client:
         response = await client.get(f"/api/v1/agents/{agent_id}")
     return str(response.json()["status"]) if response.status_code == 200 else None
 
@@ -45,7 +38,7 @@ async def test_register_appears_in_registry_index_and_totals(server: ServerProce
         server.ws_url, agent_key, agent_id="reg-1", model="gpt-4", capabilities=["code-review", "summarise"]
     )
     try:
-        async with api(server) as client:
+        async with server.async_client() as client:
             detail = (await client.get("/api/v1/agents/reg-1")).json()
             assert detail["status"] == "active"
             assert detail["model"] == "gpt-4"
@@ -72,7 +65,7 @@ async def test_a_reconnect_replaces_the_capability_index_entries(
     await first.close()
     second = await RawAgent.connect(url, agent_key, agent_id="reindex", capabilities=["kept", "new"])
     try:
-        async with api(server) as client:
+        async with server.async_client() as client:
             index = (await client.get("/api/v1/capabilities")).json()["items"]
             holders = {item["name"]: item["agents"] for item in index if "reindex" in item["agents"]}
             assert holders == {"kept": ["reindex"], "new": ["reindex"]}
@@ -208,7 +201,7 @@ async def test_drain_tells_the_agent_and_takes_it_out_of_routing(
 ) -> None:
     drained = await RawAgent.connect(server.ws_url, agent_key, agent_id="drainee", capabilities=["drain-cap"])
     try:
-        async with api(server) as client:
+        async with server.async_client() as client:
             response = await client.post("/api/v1/agents/drainee/drain")
             assert response.status_code == 200
             assert response.json()["status"] == "draining"
@@ -237,7 +230,7 @@ async def test_deregister_closes_the_socket_and_forgets_the_agent(
     server: ServerProcess, agent_key: str
 ) -> None:
     agent = await RawAgent.connect(server.ws_url, agent_key, agent_id="leaver")
-    async with api(server) as client:
+    async with server.async_client() as client:
         assert (await client.delete("/api/v1/agents/leaver")).status_code == 204
         assert await agent.closed_with() == 4011
         assert (await client.get("/api/v1/agents/leaver")).status_code == 404
@@ -267,7 +260,7 @@ async def test_an_agent_that_stops_answering_pings_becomes_unhealthy_and_recover
             return await agent_status(server, "sleepy") == "unhealthy"
 
         await eventually_async(unhealthy, timeout=10)
-        async with api(server) as client:
+        async with server.async_client() as client:
             detail = (await client.get("/api/v1/agents/sleepy")).json()
         assert detail["health_failures"] >= 3
         assert detail["health_checks"][0]["ok"] is False

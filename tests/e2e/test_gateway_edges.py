@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.support.polling import eventually_async
@@ -22,28 +21,9 @@ def agent_key(server: ServerProcess) -> str:
     return server.create_key("agent", name="edge-agents")
 
 
-def api(server: ServerProcess) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=server.base_url, headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=10
-    )
-
-
-async def submit(server: ServerProcess, capability: str, count: int) -> list[str]:
-    tasks = [{"type": capability, "capabilities": [capability], "payload": {"n": n}} for n in range(count)]
-    async with api(server) as client:
-        response = await client.post("/api/v1/tasks:batch", json={"tasks": tasks})
-    assert response.status_code == 201, response.text
-    return [task["id"] for task in response.json()["tasks"]]
-
-
-async def task(server: ServerProcess, task_id: str) -> dict[str, Any]:
-    async with api(server) as client:
-        return dict((await client.get(f"/api/v1/tasks/{task_id}")).json())
-
-
 async def finished(server: ServerProcess, task_id: str) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
-        body = await task(server, task_id)
+        body = await server.task(task_id)
         return body if body["status"] in {"succeeded", "failed", "cancelled", "timed_out"} else None
 
     body = await eventually_async(check)
@@ -78,7 +58,7 @@ async def test_a_poison_result_fails_its_task_and_the_agents_other_tasks_succeed
     capability = f"poison-{abs(hash(case)) % 10**8}"
     agent = await RawAgent.connect(server.ws_url, agent_key, capabilities=[capability], max_concurrency=3)
     try:
-        task_ids = await submit(server, capability, 3)
+        task_ids = await server.submit_batch(capability, 3)
         assigns = [await agent.expect("assign") for _ in task_ids]
         poisoned, *others = assigns
         await agent.send(result(poisoned, **fields))
@@ -113,7 +93,7 @@ async def test_nul_in_progress_or_reject_is_refused_naming_the_field_and_assignm
     capability = f"nul-{frame['type']}"
     agent = await RawAgent.connect(server.ws_url, agent_key, capabilities=[capability])
     try:
-        (task_id,) = await submit(server, capability, 1)
+        (task_id,) = await server.submit_batch(capability, 1)
         assign = await agent.expect("assign")
         await agent.send({**frame, "assignment_id": assign["assignment_id"]})
         error = await agent.expect("error")
@@ -208,17 +188,17 @@ async def test_an_unsupported_protocol_version_is_closed_4004(server: ServerProc
 
 
 async def test_revoking_a_key_closes_its_sockets_within_the_cache_window(server: ServerProcess) -> None:
-    async with api(server) as client:
+    async with server.async_client() as client:
         created = (await client.post("/api/v1/keys", json={"name": "doomed", "scopes": ["agent"]})).json()
     doomed = await RawAgent.connect(server.ws_url, created["secret"], capabilities=["doomed"])
     other_key = server.create_key("agent", name="survivor")
     survivor = await RawAgent.connect(server.ws_url, other_key, capabilities=["doomed"])
     try:
-        async with api(server) as client:
+        async with server.async_client() as client:
             assert (await client.delete(f"/api/v1/keys/{created['id']}")).status_code == 200
         assert await doomed.closed_with(timeout=5) == 4001
         # The other key's agent keeps its socket and its work.
-        (task_id,) = await submit(server, "doomed", 1)
+        (task_id,) = await server.submit_batch("doomed", 1)
         await survivor.complete(await survivor.expect("assign"))
         assert (await finished(server, task_id))["status"] == "succeeded"
     finally:

@@ -13,7 +13,6 @@ import asyncio
 import json
 from typing import Any
 
-import httpx
 import pytest
 import websockets
 
@@ -69,28 +68,9 @@ def agent_key(server: ServerProcess) -> str:
     return server.create_key("agent", name="transient-agents")
 
 
-def api(server: ServerProcess) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=server.base_url, headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=10
-    )
-
-
-async def submit(server: ServerProcess, capability: str, count: int = 1, **fields: Any) -> list[str]:
-    tasks = [{"type": capability, "capabilities": [capability], **fields} for _ in range(count)]
-    async with api(server) as client:
-        response = await client.post("/api/v1/tasks:batch", json={"tasks": tasks})
-    assert response.status_code == 201, response.text
-    return [task["id"] for task in response.json()["tasks"]]
-
-
-async def task(server: ServerProcess, task_id: str) -> dict[str, Any]:
-    async with api(server) as client:
-        return dict((await client.get(f"/api/v1/tasks/{task_id}")).json())
-
-
 async def status_is(server: ServerProcess, task_id: str, *statuses: str) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
-        body = await task(server, task_id)
+        body = await server.task(task_id)
         return body if body["status"] in statuses else None
 
     found = await eventually_async(check)
@@ -123,7 +103,7 @@ async def test_a_serialization_failure_is_tried_again_not_recorded_as_poison(
 ) -> None:
     agent = await RawAgent.connect(server.ws_url, agent_key, capabilities=["serialization"])
     try:
-        (task_id,) = await submit(server, "serialization")
+        (task_id,) = await server.submit_batch("serialization")
         assign = await agent.expect("assign")
         await agent.send(result(assign, {"trap": "serialization"}))  # refused twice with 40001, then fine
         assert (await agent.expect("ack"))["assignment_id"] == assign["assignment_id"]
@@ -140,7 +120,7 @@ async def test_a_result_a_read_only_database_refuses_closes_1013_and_is_resent(
 ) -> None:
     await sql.execute(trap, "INSERT INTO trap_on VALUES ('readonly') ON CONFLICT DO NOTHING")
     agent = await RawAgent.connect(server.ws_url, agent_key, agent_id="read-only-1", capabilities=["ro"])
-    (task_id,) = await submit(server, "ro", max_attempts=2)
+    (task_id,) = await server.submit_batch("ro", max_attempts=2)
     assign = await agent.expect("assign")
     frame = result(assign, {"trap": "readonly"})
     await agent.send(frame)
@@ -168,13 +148,13 @@ async def test_a_fallback_that_cannot_be_written_never_answers_invalid_result(
     await sql.execute(trap, "INSERT INTO trap_on VALUES ('fallback') ON CONFLICT DO NOTHING")
     try:
         agent = await RawAgent.connect(server.ws_url, agent_key, capabilities=["fallback"])
-        (task_id,) = await submit(server, "fallback")
+        (task_id,) = await server.submit_batch("fallback")
         assign = await agent.expect("assign")
         await agent.send(result(assign, {"trap": "poison"}))
         frames, code = await frames_until_close(agent)
         assert code == 1013
         assert [f for f in frames if f["type"] in {"error", "ack"}] == [], frames
-        body = await task(server, task_id)
+        body = await server.task(task_id)
         assert (body.get("error") or {}).get("code") != "invalid_result", body
     finally:
         await sql.execute(trap, "DELETE FROM trap_on WHERE kind = 'fallback'")
@@ -185,7 +165,7 @@ async def test_a_result_refused_for_its_usage_is_recorded_without_it(
 ) -> None:
     agent = await RawAgent.connect(server.ws_url, agent_key, capabilities=["usage-refused"])
     try:
-        (task_id,) = await submit(server, "usage-refused")
+        (task_id,) = await server.submit_batch("usage-refused")
         assign = await agent.expect("assign")
         await agent.send(result(assign, {"answer": 42}, input_tokens=424242, output_tokens=1))
         assert (await agent.expect("ack"))["assignment_id"] == assign["assignment_id"]
@@ -200,7 +180,7 @@ async def test_a_reject_that_cannot_be_recorded_costs_no_attempt(
     server: ServerProcess, agent_key: str, trap: str
 ) -> None:
     agent = await RawAgent.connect(server.ws_url, agent_key, capabilities=["reject-refused"])
-    (task_id,) = await submit(server, "reject-refused")  # one attempt (AGENT_MAX_ATTEMPTS)
+    (task_id,) = await server.submit_batch("reject-refused")  # one attempt (AGENT_MAX_ATTEMPTS)
     assign = await agent.expect("assign")
     await agent.send({"type": "reject", "assignment_id": assign["assignment_id"], "reason": "trap"})
     frames, code = await frames_until_close(agent)
@@ -218,7 +198,7 @@ async def test_counters_at_their_maximum_saturate_instead_of_failing_results(
         await sql.execute(
             trap, "UPDATE agents SET tokens_processed = $1 WHERE id = $2", INT_MAX - 5, agent.agent_id
         )
-        first, second = await submit(server, "saturate", 2)
+        first, second = await server.submit_batch("saturate", 2)
         assigns = {a["task_id"]: a for a in [await agent.expect("assign"), await agent.expect("assign")]}
         await sql.execute(trap, "UPDATE tasks SET input_tokens = $1 WHERE id = $2::uuid", INT_MAX - 5, second)
         for task_id in (first, second):
@@ -239,7 +219,7 @@ async def test_usage_sums_stay_finite_over_costs_stored_before_the_bound(
 ) -> None:
     agent = await RawAgent.connect(server.ws_url, agent_key, capabilities=["huge-cost"], max_concurrency=2)
     try:
-        for _ in await submit(server, "huge-cost", 2):
+        for _ in await server.submit_batch("huge-cost", 2):
             await agent.complete(await agent.expect("assign"))
     finally:
         await agent.close()
@@ -249,7 +229,7 @@ async def test_usage_sums_stay_finite_over_costs_stored_before_the_bound(
         await sql.execute(trap, "UPDATE assignments SET cost = 1e308 WHERE agent_id = $1", agent.agent_id)
     finally:
         await sql.execute(trap, "ALTER TABLE assignments ENABLE TRIGGER trap")
-    async with api(server) as client:
+    async with server.async_client() as client:
         for group in ("model", "agent", "task_type"):
             response = await client.get("/api/v1/usage", params={"group_by": group})
             assert response.status_code == 200, response.text

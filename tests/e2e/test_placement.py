@@ -19,10 +19,6 @@ def keys(server: ServerProcess) -> tuple[str, str]:
     return server.create_key("agent", name="placed-agent"), server.create_key("client", name="placer")
 
 
-def api(server: ServerProcess, key: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-
-
 async def submit(client: httpx.AsyncClient, capability: str, **extra: Any) -> dict[str, Any]:
     body = {"type": "work", "capabilities": [capability], **extra}
     response = await client.post("/api/v1/tasks", json=body)
@@ -36,7 +32,7 @@ async def test_a_submit_with_a_free_local_agent_is_leased_in_the_same_statement(
     agent_key, client_key = keys
     agent = await RawAgent.connect(server.ws_url, agent_key, capabilities=["placed"], max_concurrency=2)
     try:
-        async with api(server, client_key) as client:
+        async with server.async_client(client_key) as client:
             # The dispatcher's first round after the agent joined finds the queue empty; placement needs that.
             for _ in range(50):
                 task = await submit(client, "placed")
@@ -69,7 +65,7 @@ async def test_new_work_queues_behind_older_waiting_work(
     agent_key, client_key = keys
     agent = await RawAgent.connect(server.ws_url, agent_key, capabilities=["fair"], max_concurrency=1)
     try:
-        async with api(server, client_key) as client:
+        async with server.async_client(client_key) as client:
             first = await submit(client, "fair")
             held = await agent.expect("assign")  # the agent's one slot is taken
             assert held["task_id"] == first["id"]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -89,6 +90,25 @@ class ServerProcess(ChildProcess):
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key or self.admin_key}"}
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=30.0)
+
+    def async_client(self, key: str | None = None, timeout: float = 30.0) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {key or self.admin_key}"}
+        return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    async def submit_batch(self, capability: str, count: int = 1, **fields: Any) -> list[str]:
+        """Submit ``count`` tasks of type and capability ``capability`` as the admin; their ids in order."""
+        tasks = [
+            {"type": capability, "capabilities": [capability], "payload": {"n": n}, **fields}
+            for n in range(count)
+        ]
+        async with self.async_client() as client:
+            response = await client.post("/api/v1/tasks:batch", json={"tasks": tasks})
+        assert response.status_code == 201, response.text
+        return [task["id"] for task in response.json()["tasks"]]
+
+    async def task(self, task_id: str) -> dict[str, Any]:
+        async with self.async_client() as client:
+            return dict((await client.get(f"/api/v1/tasks/{task_id}")).json())
 
     def create_key(self, scope: str, name: str = "test") -> str:
         with self.client() as client:
