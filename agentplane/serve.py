@@ -15,6 +15,7 @@ import multiprocessing
 import signal
 import socket
 import sys
+import time
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -119,7 +120,7 @@ class _Supervisor:
                 for index, process in list(processes.items()):
                     if not process.is_alive() and not self.stopping:
                         logger.error("worker %d exited with %s; starting it again", index, process.exitcode)
-                        wait([], timeout=RESTART_DELAY)
+                        time.sleep(RESTART_DELAY)
                         processes[index] = self._start(index, listener)
         finally:
             for process in processes.values():
