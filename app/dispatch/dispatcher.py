@@ -151,6 +151,8 @@ class Dispatcher(BackgroundService):
             await self._idle.wait()
         if not self._idle.is_set() or not self._queue_clear or self.effects.signals.work_seq != self._seen:
             return  # older work may be waiting: new tasks queue behind it
+        if self.fleet.spare() == 0:
+            return  # nobody has room: no need to look at every agent
         candidates = self._open_candidates()
         if not candidates:
             return
@@ -257,6 +259,8 @@ class Dispatcher(BackgroundService):
         metrics = self.effects.metrics
         orphans = []
         for lease in leased:
+            # Placement reserved the slot already; taking it again is a no-op, unless a capacity resync that
+            # read the database before this lease committed dropped the reservation meanwhile.
             self.fleet.leased(lease.agent_id, lease.assignment_id)
             frame = Assign(
                 assignment_id=lease.assignment_id,
