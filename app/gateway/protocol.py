@@ -66,6 +66,11 @@ class Register(Frame):
     capabilities: list[CapabilitySpec] = Field(min_length=1, max_length=256)
     max_concurrency: int | None = Field(default=None, ge=1, le=10_000)
     protocol: int = PROTOCOL_VERSION  # checked by the gateway: an unsupported version is closed with 4004
+    # Task types the agent has handlers for; None means any (routing skips agents that name other types).
+    task_types: list[Annotated[str, Field(pattern=_NAME)]] | None = Field(default=None, max_length=256)
+    # Assignments the agent still runs (or holds an unacked result for) when it reconnects: their leases move
+    # to this connection instead of being requeued, if they are still within the hand-over grace period.
+    holding: list[uuid.UUID] = Field(default_factory=list, max_length=10_000)
 
     @field_validator("capabilities")
     @classmethod
