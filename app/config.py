@@ -328,6 +328,12 @@ class Settings(BaseSettings):
         ge=0,
         validation_alias=AliasChoices("AGENT_DEFAULT_ESTIMATED_TOKENS", "default_estimated_tokens"),
     )
+    # Interop (app.interop): Host headers /mcp and /a2a answer, against DNS rebinding ("host:port", "host:*");
+    # empty: loopback names and the listen address only.
+    interop_allowed_hosts: CommaList = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("AGENTPLANE_INTEROP_ALLOWED_HOSTS", "interop_allowed_hosts"),
+    )
 
     @field_validator("replica_id")
     @classmethod
