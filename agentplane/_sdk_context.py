@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic_core import PydanticSerializationError
 
-from app.gateway.protocol import (
+from agentplane.protocol import (
     Assign,
     Progress,
     Result,

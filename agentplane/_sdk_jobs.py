@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from agentplane._sdk_context import Handler, TaskContext, encode_result, run_handler
 from agentplane._sdk_link import Link, text
-from app.gateway.protocol import Accept, Assign, Progress
+from agentplane.protocol import Accept, Assign, Progress
 
 logger = logging.getLogger("agentplane.sdk")
 

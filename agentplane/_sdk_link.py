@@ -15,8 +15,7 @@ from tenacity import AsyncRetrying, RetryCallState, wait_exponential_jitter
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from app.errors import CloseCode
-from app.gateway.protocol import SERVER_FRAME, Frame, ServerFrame
+from agentplane.protocol import SERVER_FRAME, CloseCode, Frame, ServerFrame
 
 logger = logging.getLogger("agentplane.sdk")
 

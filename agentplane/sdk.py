@@ -25,6 +25,7 @@ from typing import TypeVar
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from agentplane import protocol as wire
 from agentplane._sdk_context import Handler, HandlerResult, TaskContext, TaskFailed
 from agentplane._sdk_jobs import Jobs
 from agentplane._sdk_link import (
@@ -38,9 +39,7 @@ from agentplane._sdk_link import (
     unparsed_assignment,
     until,
 )
-from app.errors import CloseCode, WsErrorCode
-from app.gateway import protocol as wire
-from app.gateway.protocol import CapabilitySpec, Usage
+from agentplane.protocol import CapabilitySpec, CloseCode, Usage, WsErrorCode
 
 __all__ = [
     "Agent",

@@ -1,12 +1,12 @@
 """One error hierarchy, rendered as RFC 9457 problem+json by one set of handlers.
 
-The WebSocket's error-frame codes and close codes live here too."""
+The WebSocket's error-frame codes and close codes are part of the wire protocol (agentplane.protocol, shared
+with the SDK); they are re-exported here, where the server has always imported them."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from enum import IntEnum, StrEnum
 from typing import Any
 
 import orjson
@@ -18,6 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from agentplane.protocol import CloseCode as CloseCode
+from agentplane.protocol import WsErrorCode as WsErrorCode
 from app.db.outage import OUTAGES, RETRY_AFTER_SECONDS, is_outage
 
 logger = logging.getLogger(__name__)
@@ -236,31 +238,6 @@ def problem_bytes(status: int, code: str, title: str, detail: str, instance: str
     if instance:
         body["instance"] = instance
     return orjson.dumps(body)
-
-
-class WsErrorCode(StrEnum):
-    """The `code` of an `error` frame (DESIGN section 4)."""
-
-    INVALID_MESSAGE = "invalid_message"
-    UNKNOWN_TYPE = "unknown_type"
-    UNAUTHORIZED = "unauthorized"
-    NOT_ALLOWED = "not_allowed"
-    UNKNOWN_ASSIGNMENT = "unknown_assignment"
-    TOO_LARGE = "too_large"
-    RATE_LIMITED = "rate_limited"
-    INVALID_RESULT = "invalid_result"  # a result storage refuses; recorded as a failure and acknowledged
-
-
-class CloseCode(IntEnum):
-    INTERNAL_ERROR = 1011  # an unexpected server error (not an outage); reconnect
-    TRY_AGAIN_LATER = 1013  # the database is unavailable, or the agent stopped reading; reconnect
-    UNAUTHORIZED = 4001
-    PROTOCOL_VIOLATION = 4002
-    MODEL_NOT_ALLOWED = 4003
-    UNSUPPORTED_PROTOCOL = 4004
-    REPLACED = 4009
-    SERVER_DRAINING = 4010
-    DEREGISTERED = 4011
 
 
 class AgentRejected(Exception):
