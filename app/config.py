@@ -172,6 +172,11 @@ class Settings(BaseSettings):
     replica_timeout: Duration = Field(
         default=20.0, validation_alias=AliasChoices("AGENTPLANE_REPLICA_TIMEOUT", "replica_timeout")
     )
+    # How long the leases of an agent whose socket dropped wait for it to reconnect (to any replica) and claim
+    # them, before they go back to the queue: a blip or a failover then runs nothing twice. 0 requeues at once.
+    handover_grace: Duration = Field(
+        default=5.0, validation_alias=AliasChoices("AGENTPLANE_HANDOVER_GRACE", "handover_grace")
+    )
     reaper_interval: Duration = Field(
         default=1.0, validation_alias=AliasChoices("AGENTPLANE_REAPER_INTERVAL", "reaper_interval")
     )
