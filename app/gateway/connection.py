@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 
 from starlette.websockets import WebSocket, WebSocketState
 
@@ -51,6 +52,10 @@ class _Assign:
 _Item = str | _Assign
 
 
+def _not_counted(direction: str, frame_type: str) -> None:
+    pass
+
+
 class Connection:
     def __init__(
         self,
@@ -77,9 +82,11 @@ class Connection:
         self._reader: asyncio.Task[None] | None = None
         self.reader_stopped = False  # a forced close cancelled the reader (our cancellation, not shutdown's)
         self._pings: dict[str, asyncio.Future[None]] = {}
+        self.count_frame: Callable[[str, str], None] = _not_counted  # the endpoint sets the metric's
 
     def send(self, frame: Frame) -> bool:
         """Queue a frame; False when the socket is closing or the agent has stopped reading."""
+        self.count_frame("out", getattr(frame, "type", "unknown"))  # every concrete frame has one
         text = frame.dump().decode()
         return self._queue(_Assign(text, frame.assignment_id) if isinstance(frame, Assign) else text)
 

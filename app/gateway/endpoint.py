@@ -212,6 +212,7 @@ class Gateway:
             version=registered.version,
             key_id=principal.key_id,
         )
+        connection.count_frame = self.effects.metrics.count_frame
         previous = self.hub.attach(connection)
         if previous is not None:
             previous.close(CloseCode.REPLACED, "replaced by a newer connection with the same agent_id")
@@ -293,6 +294,7 @@ class Gateway:
                     connection.close(CloseCode.PROTOCOL_VIOLATION, "too many bad frames")
                 continue
             bad = 0
+            connection.count_frame("in", frame.type)
             if wait := bucket.take():
                 if not isinstance(frame, PATIENT):
                     limited += 1
