@@ -7,10 +7,13 @@ import asyncio
 import importlib
 import importlib.util
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from app.config import ConfigError, Settings, load_settings
+if TYPE_CHECKING:  # the server is an extra: `agentplane agent` and the client commands run without it
+    from app.config import Settings
+
+SERVER_MISSING = "the server is not installed here ({missing}): pip install 'agentplane[server]'"
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -19,6 +22,8 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def _settings(**overrides: Any) -> Settings:
+    from app.config import load_settings
+
     return load_settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -162,10 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="replica processes sharing the port (default 1); each is a replica with id <replica id>/<n>",
     )
-    serve.set_defaults(func=cmd_serve)
+    serve.set_defaults(func=_needs_server(cmd_serve))
 
     migrate = sub.add_parser("migrate", help="run the database migrations and exit")
-    migrate.set_defaults(func=cmd_migrate)
+    migrate.set_defaults(func=_needs_server(cmd_migrate))
 
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -178,10 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub.add_parser("list", help="list keys (never their secrets)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key")
     revoke.add_argument("id")
-    keys.set_defaults(func=cmd_keys)
+    keys.set_defaults(func=_needs_server(cmd_keys))
 
     for module_name in _COMMAND_MODULES:
-        importlib.import_module(module_name).add_parser(sub)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] in {"app", "agentplane", "bench"}:
+                raise
+            continue  # a command whose dependencies are in the server extra, which is not installed
+        module.add_parser(sub)
     return parser
 
 
@@ -196,10 +207,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args)
         return result
-    except ConfigError as exc:
-        return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if _is_config_error(exc):
+            return _fail(str(exc))
+        raise
+
+
+def _is_config_error(exc: Exception) -> bool:
+    try:
+        from app.config import ConfigError
+    except ImportError:
+        return False
+    return isinstance(exc, ConfigError)
+
+
+def _needs_server(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run a server command, or say in one line which extra it needs."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            import app.main  # noqa: F401  - the whole server stack, or the name of what is missing
+        except ModuleNotFoundError as exc:
+            return _fail(SERVER_MISSING.format(missing=f"no module {exc.name}"))
+        return command(args)
+
+    return run
 
 
 if __name__ == "__main__":
