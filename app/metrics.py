@@ -7,8 +7,13 @@ Label values are bounded: no task ids; agent_id only on the utilization gauge, r
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Every status `mcp_agents_active` shows, `busy` (derived) included: each model reads 0 for a status it has
+# no agent in, so a dashboard or an alert sees a quiet fleet as 0 instead of a missing series.
+AGENT_STATUSES = ("registering", "active", "busy", "draining", "unhealthy", "offline", "error")
 
 
 def exponential_buckets(start: float, factor: float, count: int) -> list[float]:
@@ -99,6 +104,31 @@ class Metrics:
             ["strategy"],
             registry=r,
         )
+        self._frames: dict[tuple[str, str], Counter] = {}
+
+    def count_frame(self, direction: str, frame_type: str) -> None:
+        """One WebSocket frame ("in" or "out"). Called per frame: the labelled child is looked up once."""
+        child = self._frames.get((direction, frame_type))
+        if child is None:
+            child = self._frames[(direction, frame_type)] = self.ws_frames.labels(direction, frame_type)
+        child.inc()
+
+    def show_agents(self, counts: Iterable[tuple[str, str, int]]) -> None:
+        """The fleet by (model, status, count): every known status of every model, 0 when none."""
+        shown = {(model, status): count for model, status, count in counts}
+        self.agents_active.clear()
+        for model in {model for model, _ in shown}:
+            for status in AGENT_STATUSES:
+                self.agents_active.labels(model, status).set(shown.get((model, status), 0))
+        for (model, status), count in shown.items():
+            if status not in AGENT_STATUSES:  # a status added later still shows
+                self.agents_active.labels(model, status).set(count)
+
+    def show_sessions(self, running: Mapping[str, int], strategies: Iterable[str]) -> None:
+        """Running sessions per strategy; a strategy with none reads 0 rather than having no series."""
+        self.sessions_active.clear()
+        for strategy in {*strategies, *running}:
+            self.sessions_active.labels(strategy).set(running.get(strategy, 0))
 
     def forget_agent(self, agent_id: str, model: str) -> None:
         with contextlib.suppress(KeyError):

@@ -11,9 +11,11 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.agents import service as agents
+from app.agents.queries import fleet_by_status
 from app.collab.runner import SessionRunner
+from app.collab.strategies import STRATEGIES
 from app.config import Settings
-from app.db.models import Agent, CollabSession, Replica, Task
+from app.db.models import CollabSession, Replica, Task
 from app.dispatch.bus import Bus
 from app.dispatch.dispatcher import Dispatcher
 from app.dispatch.effects import Effects
@@ -169,15 +171,7 @@ class Runtime:
                 .tuples()
                 .all()
             )
-            fleet = (
-                (
-                    await session.execute(
-                        select(Agent.model, Agent.status, func.count()).group_by(Agent.model, Agent.status)
-                    )
-                )
-                .tuples()
-                .all()
-            )
+            fleet = await fleet_by_status(session)
             sessions = (
                 (
                     await session.execute(
@@ -191,12 +185,8 @@ class Runtime:
             )
         for open_status in OPEN:
             metrics.queue_depth.labels(open_status.value).set(queue.get(open_status.value, 0))
-        metrics.agents_active.clear()
-        for model, status, count in fleet:
-            metrics.agents_active.labels(model, status).set(count)
-        metrics.sessions_active.clear()
-        for strategy, count in sessions:
-            metrics.sessions_active.labels(strategy).set(count)
+        metrics.show_agents(fleet)
+        metrics.show_sessions(dict(sessions), STRATEGIES)
         shown = set()
         for agent_id, model, ratio in self.fleet.utilization():
             metrics.agent_utilization.labels(agent_id, model).set(ratio)

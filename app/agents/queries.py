@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.agents.schemas import (
@@ -18,7 +18,7 @@ from app.agents.schemas import (
     RegistryMetrics,
 )
 from app.agents.service import open_assignment_counts
-from app.db.models import Agent, AgentCapability, AgentHealthCheck
+from app.db.models import Agent, AgentCapability, AgentHealthCheck, Assignment
 from app.errors import AgentNotFound, InvalidInput
 
 ROUTABLE = ("active",)
@@ -29,6 +29,24 @@ def shown_status(agent: Agent, active_tasks: int) -> str:
     if agent.status == "active" and active_tasks >= agent.max_concurrency:
         return "busy"
     return agent.status
+
+
+async def fleet_by_status(session: AsyncSession) -> list[tuple[str, str, int]]:
+    """(model, status, agents) for the whole fleet, with `busy` derived as `shown_status` does."""
+    open_work = (
+        select(Assignment.agent_id, func.count().label("open"))
+        .where(Assignment.status.in_(("assigned", "running")))  # the partial index's predicate
+        .group_by(Assignment.agent_id)
+        .subquery()
+    )
+    full = and_(Agent.status == "active", func.coalesce(open_work.c.open, 0) >= Agent.max_concurrency)
+    status = case((full, "busy"), else_=Agent.status)
+    rows = await session.execute(
+        select(Agent.model, status, func.count())
+        .outerjoin(open_work, open_work.c.agent_id == Agent.id)
+        .group_by(Agent.model, status)
+    )
+    return [(model, shown, count) for model, shown, count in rows.tuples()]
 
 
 def to_out(agent: Agent, active_tasks: int) -> AgentOut:

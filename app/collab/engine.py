@@ -46,6 +46,7 @@ class Advanced:
     changed: bool = False
     submitted: int = 0
     cancelled: list[uuid.UUID] = field(default_factory=list)
+    cancelled_types: list[str] = field(default_factory=list)  # of the cancelled subtasks, for the metric
     finished_status: str | None = None
 
     def after_commit(self, signals: Signals, metrics: Metrics) -> None:
@@ -53,6 +54,8 @@ class Advanced:
             signals.work_available()
         for task_id in self.cancelled:
             signals.task_changed(task_id)
+        for task_type in self.cancelled_types:
+            metrics.tasks_finished.labels(task_type, "cancelled").inc()
         if self.cancelled:
             signals.capacity_freed()  # the cancelled subtasks' agents have free slots again
         if self.finished_status is not None:
@@ -222,6 +225,7 @@ async def end(
     for task in open_tasks:
         await cancel_open_task(session, task, reason=reason)
         advanced.cancelled.append(task.id)
+        advanced.cancelled_types.append(task.type)
     row.status = status
     row.result = result
     row.error = error

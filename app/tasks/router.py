@@ -7,7 +7,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from sse_starlette.sse import EventSourceResponse
 
 from app.db.session import engine_of
-from app.deps import ClientDep, MakerDep, SessionDep, SettingsDep, SignalsDep
+from app.deps import ClientDep, MakerDep, MetricsDep, SessionDep, SettingsDep, SignalsDep
 from app.ownership import Owner
 from app.responses import json_response
 from app.signals import Signals
@@ -36,6 +36,8 @@ async def submit_task(body: TaskCreate, request: Request, principal: ClientDep) 
     intake: Intake = state.runtime.intake
     row = submit.row_of(body, state.settings, owner=Owner.of(principal), session_id=None, session_key=None)
     task, created = await intake.submit(row)  # concurrent submits share one statement (group commit)
+    if created:
+        state.runtime.metrics.tasks_submitted.labels(task.type).inc()
     if task.status == "pending":  # not leased at submit: this replica's dispatcher now, NOTIFY the others
         signals: Signals = state.runtime.signals
         signals.work_available()
@@ -49,11 +51,21 @@ async def submit_task(body: TaskCreate, request: Request, principal: ClientDep) 
 
 @router.post(":batch", status_code=status.HTTP_201_CREATED, response_model=TaskBatchOut)
 async def submit_batch(
-    body: TaskBatchCreate, maker: MakerDep, settings: SettingsDep, signals: SignalsDep, principal: ClientDep
+    body: TaskBatchCreate,
+    maker: MakerDep,
+    settings: SettingsDep,
+    signals: SignalsDep,
+    metrics: MetricsDep,
+    principal: ClientDep,
 ) -> Response:
-    tasks = await submit.submit_batch(engine_of(maker), settings, body.tasks, owner=Owner.of(principal))
+    results = await submit.submit_batch(engine_of(maker), settings, body.tasks, owner=Owner.of(principal))
+    for task, created in results:
+        if created:
+            metrics.tasks_submitted.labels(task.type).inc()
     signals.work_available()
-    return json_response(TaskBatchOut(tasks=tasks), status_code=status.HTTP_201_CREATED)
+    return json_response(
+        TaskBatchOut(tasks=[task for task, _ in results]), status_code=status.HTTP_201_CREATED
+    )
 
 
 @router.get("", response_model=TaskList)
@@ -109,10 +121,11 @@ async def task_events(
 
 @router.post("/{task_id}/cancel", response_model=TaskOut)
 async def cancel_task(
-    task_id: uuid.UUID, session: SessionDep, signals: SignalsDep, principal: ClientDep
+    task_id: uuid.UUID, session: SessionDep, signals: SignalsDep, metrics: MetricsDep, principal: ClientDep
 ) -> TaskOut:
     task = await service.cancel_task(session, task_id, viewer=principal)
     signals.task_changed(task.id)
+    metrics.tasks_finished.labels(task.type, task.status).inc()
     return service.to_out(task)
 
 

@@ -187,8 +187,8 @@ async def _existing_or_created(
 
 async def submit_batch(
     engine: AsyncEngine, settings: Settings, specs: Sequence[TaskCreate], *, owner: Owner
-) -> list[TaskOut]:
+) -> list[tuple[TaskOut, bool]]:
+    """Each task as stored, and whether it is new (False: a repeated idempotency key)."""
     # A transaction: should a repeated key's task not be found, none of the batch is kept (all or nothing).
     async with raw.transaction(engine) as db:
-        results = await insert_tasks(db, settings, specs, owner=owner)
-    return [task for task, _ in results]
+        return await insert_tasks(db, settings, specs, owner=owner)
