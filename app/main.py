@@ -14,6 +14,7 @@ from app.config import Settings, get_settings
 from app.db.session import create_engine, create_sessionmaker
 from app.errors import ErrorBoundary, install_error_handlers
 from app.gateway.endpoint import router as gateway_router
+from app.interop import Interop
 from app.keys.router import router as keys_router
 from app.limits import BodySizeLimit
 from app.metrics import Metrics
@@ -49,7 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.runtime = runtime
         await runtime.start()
         try:
-            yield
+            async with interop.running():  # the MCP session manager
+                yield
         finally:
             await runtime.stop()
             await engine.dispose()
@@ -87,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(probes_router)
     app.include_router(gateway_router)
+    interop = Interop(app, settings)  # /mcp, the A2A agent card and /a2a/jsonrpc
 
     Instrumentator(
         registry=metrics.registry,

@@ -1,0 +1,34 @@
+"""Interop: the fleet behind an MCP server (/mcp) and as an A2A agent (/.well-known/agent-card.json,
+/a2a/jsonrpc). docs/interop.md describes both; ``Interop`` is what app.main installs and runs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.routing import Route
+
+from app.config import Settings
+from app.interop import auth
+from app.interop.fleet import Fleet
+from app.interop.mcp_server import PATH as MCP_PATH
+from app.interop.mcp_server import build_mcp
+
+
+class Interop:
+    def __init__(self, app: FastAPI, settings: Settings) -> None:
+        self.fleet = Fleet(app.state)
+        self.mcp_sessions, mcp_app = build_mcp(self.fleet, settings)
+        guard = auth.KeyGuard(mcp_app, settings=settings, key_cache=app.state.key_cache, state=app.state)
+        app.router.routes.extend(
+            [
+                Route(MCP_PATH, guard, methods=["GET", "POST", "DELETE"], include_in_schema=False),
+                Route(f"{auth.METADATA_PATH}/{{resource:path}}", auth.resource_metadata, methods=["GET"]),
+            ]
+        )
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with self.mcp_sessions.run():
+            yield
