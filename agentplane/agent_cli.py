@@ -6,17 +6,17 @@ import argparse
 import asyncio
 import importlib
 import logging
-import os
 import signal
 import sys
 from typing import Any
 
 from pydantic import ValidationError
 
+from agentplane.client import api_key
 from agentplane.sdk import Agent, AgentRejected, Handler
 
 DEFAULT_URL = "ws://127.0.0.1:8080/ws/agents"
-KEY_ENV = "AGENTPLANE_AGENT_KEY"
+KEY_ENV = "AGENTPLANE_KEY"  # the one key variable of every command; AGENTPLANE_AGENT_KEY is read after it
 logger = logging.getLogger("agentplane.agent")
 
 
@@ -152,7 +152,7 @@ async def serve(agent: Agent, drain_timeout: float) -> None:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    key = args.key or os.environ.get(KEY_ENV, "")
+    key = api_key(args.key)
     if not key:
         print(f"agentplane: an agent key is required: --key or ${KEY_ENV}", file=sys.stderr)
         return 2
