@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -9,7 +10,11 @@ from typing import Any
 import httpx
 import orjson
 
+from agentplane.urls import DEFAULT_URL, KEY_ENV, api_urls
+
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
+# Older names of the key variable, still read after AGENTPLANE_KEY (docs/decisions.md).
+KEY_ALIASES = ("AGENTPLANE_AGENT_KEY",)
 
 
 class ApiError(Exception):
@@ -21,11 +26,47 @@ class ApiError(Exception):
         detail = problem.get("detail") or problem.get("title") or "request failed"
         super().__init__(f"{status}: {detail}")
 
+    def lines(self) -> list[str]:
+        """The message, then each field error the message does not already say (a 422's detail is its
+        first error, "field: message")."""
+        said = str(self)
+        lines = [said]
+        for error in self.problem.get("errors") or []:
+            line = f"{error.get('field')}: {error.get('message')}"
+            if line not in said:
+                lines.append(f"  {line}")
+        return lines
+
+
+class Unreachable(Exception):
+    """The server could not be reached (refused, unknown host, timed out): one line, no traceback."""
+
+    def __init__(self, url: str, exc: httpx.TransportError) -> None:
+        reason = str(exc) or type(exc).__name__
+        super().__init__(f"cannot reach {url}: {reason}")
+
+
+def server_url(url: str | None = None) -> str:
+    """The REST base URL a command talks to: ``url`` (--url), else $AGENTPLANE_URL, else the default; an
+    agent endpoint (ws://…/ws/agents) is accepted too. Of a comma-separated list, the first."""
+    return api_urls(url or None)[0]
+
+
+def api_key(key: str | None = None) -> str:
+    """``key`` (--key), else $AGENTPLANE_KEY, else an older name of it; "" when none is set."""
+    if key:
+        return key
+    for name in (KEY_ENV, *KEY_ALIASES):
+        if value := os.environ.get(name, ""):
+            return value
+    return ""
+
 
 class Client:
-    def __init__(self, url: str = "http://127.0.0.1:8080", key: str = "", *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str = DEFAULT_URL, key: str = "", *, timeout: float = 30.0) -> None:
+        self.url = server_url(url)
         self._http = httpx.Client(
-            base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {key}"}, timeout=timeout
+            base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout
         )
 
     def __enter__(self) -> Client:
@@ -38,7 +79,10 @@ class Client:
         self._http.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, f"/api/v1{path}", **kwargs)
+        try:
+            response = self._http.request(method, f"/api/v1{path}", **kwargs)
+        except httpx.TransportError as exc:
+            raise Unreachable(self.url, exc) from None
         if response.status_code >= 400:
             try:
                 problem = response.json()
@@ -83,6 +127,12 @@ class Client:
     def events(self, task_id: str, last_event_id: str | None = None) -> Iterator[dict[str, Any]]:
         """Server-sent events of the task until its terminal transition; each has id, event and data."""
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        try:
+            yield from self._events(task_id, headers)
+        except httpx.TransportError as exc:
+            raise Unreachable(self.url, exc) from None
+
+    def _events(self, task_id: str, headers: dict[str, str]) -> Iterator[dict[str, Any]]:
         with self._http.stream(
             "GET", f"/api/v1/tasks/{task_id}/events", headers=headers, timeout=None
         ) as stream:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,9 +23,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-DEFAULT_URL = "http://127.0.0.1:8080"
-URL_ENV = "AGENTPLANE_URL"
-KEY_ENV = "AGENTPLANE_KEY"
+from agentplane.client import ApiError, api_key, server_url
+from agentplane.urls import DEFAULT_URL, KEY_ENV, URL_ENV, ServerUrlError
+
 STRATEGIES = ("map_reduce", "consensus", "chain")
 REFRESH = 0.5  # seconds between looks at the session while watching
 _STATUS_STYLE = {
@@ -74,10 +73,13 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
-    key = args.key or os.environ.get(KEY_ENV, "")
+    key = api_key(args.key)
     if not key:
         raise CliError(f"an API key is required: --key or ${KEY_ENV}", 2)
-    url = (args.url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+    try:
+        url = server_url(args.url)
+    except ServerUrlError as exc:
+        raise CliError(str(exc), 2) from None
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30.0)
 
 
@@ -91,12 +93,9 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[s
         return body
     try:
         problem = response.json()
-        message = problem.get("detail") or response.text
-        for error in problem.get("errors") or []:
-            message += f"\n  {error.get('field')}: {error.get('message')}"
     except ValueError:
-        message = response.text
-    raise CliError(f"HTTP {response.status_code}: {message}")
+        problem = {"title": response.reason_phrase, "detail": response.text[:200]}
+    raise CliError("\n".join(ApiError(response.status_code, problem).lines()))
 
 
 def _read_body(path: Path, strategy: str) -> dict[str, Any]:
@@ -147,10 +146,31 @@ def render(session: dict[str, Any]) -> Group:
     return Group(table, summary)
 
 
+def progress(session: dict[str, Any]) -> str:
+    """The view as one line, for a stderr that is not a terminal (a log, a pipe, CI)."""
+    subtasks = ", ".join(f"{sub['key']} {sub['status']}" for sub in session.get("subtasks") or [])
+    return (
+        f"session {session['id']} {session['status']} · round {session['round']} · "
+        f"cost {session['cost']:.6f} · subtasks: {subtasks or '-'}"
+    )
+
+
 def watch(client: httpx.Client, session_id: str) -> dict[str, Any]:
     """Redraw the subtasks until the session ends; returns its final view."""
     console = Console(stderr=True)  # stdout is for the result, so it can be piped
     session = _call(client, "GET", f"/api/v1/sessions/{session_id}")
+    if not console.is_terminal:
+        # A live table needs a terminal (rich would draw only the last frame): a line per change instead.
+        shown = ""
+        while True:
+            line = progress(session)
+            if line != shown:
+                print(line, file=sys.stderr, flush=True)
+                shown = line
+            if session["status"] != "running":
+                return session
+            time.sleep(REFRESH)
+            session = _call(client, "GET", f"/api/v1/sessions/{session_id}")
     with Live(render(session), console=console, refresh_per_second=4, transient=False) as live:
         while session["status"] == "running":
             time.sleep(REFRESH)

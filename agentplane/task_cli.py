@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
 import orjson
 
-from agentplane.client import ApiError, Client
-
-URL_ENV, KEY_ENV = "AGENTPLANE_URL", "AGENTPLANE_KEY"
+from agentplane.client import ApiError, Client, Unreachable, api_key, server_url
+from agentplane.urls import DEFAULT_URL, KEY_ENV, URL_ENV, ServerUrlError
 
 
 def add_parser(subparsers: Any) -> None:
     # --url and --key are accepted after the subcommand too (`agentplane task submit --key …`).
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8080"))
-    common.add_argument("--key", default=os.environ.get(KEY_ENV), help=f"a client key (default: ${KEY_ENV})")
+    common.add_argument("--url", help=f"the server (default ${URL_ENV} or {DEFAULT_URL})")
+    common.add_argument("--key", help=f"a client key (default: ${KEY_ENV})")
     task = subparsers.add_parser("task", help="submit and follow tasks")
     sub = task.add_subparsers(dest="task_command", required=True)
     submit = sub.add_parser(
@@ -42,19 +40,19 @@ def _print(value: Any) -> None:
 
 
 def cmd_task(args: argparse.Namespace) -> int:
-    if not args.key:
+    key = api_key(args.key)
+    if not key:
         print(f"agentplane: a key is needed: --key or ${KEY_ENV}", file=sys.stderr)
         return 2
     try:
-        with Client(args.url, args.key) as client:
+        with Client(server_url(args.url), key) as client:
             return _run(client, args)
     except ApiError as exc:
-        print(f"agentplane: {exc}", file=sys.stderr)
-        for error in exc.problem.get("errors") or []:
-            print(f"  {error.get('field')}: {error.get('message')}", file=sys.stderr)
+        for line in exc.lines():
+            print(line if line.startswith(" ") else f"agentplane: {line}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        print(f"agentplane: cannot reach {args.url}: {exc}", file=sys.stderr)
+    except (Unreachable, ServerUrlError) as exc:
+        print(f"agentplane: {exc}", file=sys.stderr)
         return 1
 
 
