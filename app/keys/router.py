@@ -4,9 +4,9 @@ import uuid
 
 from fastapi import APIRouter, status
 
-from app.deps import AdminDep, SessionDep
+from app.deps import AdminDep, ReaderDep, SessionDep
 from app.keys import service
-from app.keys.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
+from app.keys.schemas import KeyCreate, KeyCreated, KeyList, KeyOut, KeySelf
 
 router = APIRouter(prefix="/keys", tags=["keys"])
 
@@ -20,6 +20,12 @@ async def create_key(body: KeyCreate, session: SessionDep, _: AdminDep) -> KeyCr
 @router.get("", response_model=KeyList)
 async def list_keys(session: SessionDep, _: AdminDep) -> KeyList:
     return KeyList(items=[KeyOut.model_validate(key) for key in await service.list_keys(session)])
+
+
+@router.get("/me", response_model=KeySelf)
+async def own_key(principal: ReaderDep) -> KeySelf:
+    # Any valid key may ask what it may do (the console shows only what the key allows); 401 otherwise.
+    return KeySelf.of(principal)
 
 
 @router.delete("/{key_id}", response_model=KeyOut)

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from app.ownership import PROJECT_PATTERN
 from app.request_model import RequestModel
-from app.security import Scope
+from app.security import Principal, Scope
 from app.storable import StorableText
 
 
@@ -41,3 +41,21 @@ class KeyCreated(KeyOut):
 
 class KeyList(BaseModel):
     items: list[KeyOut]
+
+
+class KeySelf(BaseModel):
+    """The key a request came with, as far as its holder may know it: what it may do, never its secret."""
+
+    id: uuid.UUID | None = Field(description="None for the environment's admin key (AGENTPLANE_ADMIN_KEY).")
+    name: str
+    scopes: list[str]
+    project: str | None
+
+    @classmethod
+    def of(cls, principal: Principal) -> KeySelf:
+        return cls(
+            id=principal.key_id,
+            name=principal.name,
+            scopes=sorted(principal.scopes),
+            project=principal.project,
+        )
