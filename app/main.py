@@ -11,6 +11,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app.agents.router import router as agents_router
 from app.collab.router import router as sessions_router
 from app.config import Settings, get_settings
+from app.console.router import install_console
 from app.db.session import create_engine, create_sessionmaker
 from app.errors import ErrorBoundary, install_error_handlers
 from app.gateway.endpoint import router as gateway_router
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(probes_router)
     app.include_router(gateway_router)
+    install_console(app)
     interop = Interop(app, settings)  # /mcp, the A2A agent card and /a2a/jsonrpc
 
     Instrumentator(
