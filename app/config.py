@@ -1,11 +1,14 @@
-"""Settings: environment variables (the seed's names), an optional YAML file, defaults.
+"""Settings: environment variables (the seed's names), a `.env` file, an optional YAML file, defaults.
 
-Precedence is env > YAML file (named by ``AGENTPLANE_CONFIG``) > defaults. Durations accept the seed's
+Precedence is env > `.env` (in the working directory) > YAML file (named by ``AGENTPLANE_CONFIG``) >
+defaults. A YAML key outside the seed's tree is refused, and every error names the key as the operator wrote
+it: the environment variable, or the YAML path. Durations accept the seed's
 format (``30s``, ``5m``, ``1h``, ``250ms``; ``7d`` too) or plain seconds and are held as float seconds.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from dotenv import dotenv_values
 from pydantic import (
     AliasChoices,
     BeforeValidator,
@@ -102,12 +106,23 @@ _YAML_PATHS: dict[tuple[str, ...], str] = {
 }
 
 
+# A subtree whose keys are the operator's own names (model names), not settings: not checked key by key.
+_FREE_FORM = {("agents", "models", "prices")}
+_YAML_PATH_OF = {field_name: ".".join(path) for path, field_name in _YAML_PATHS.items()}
+DOTENV = ".env"
+
+
+def config_path() -> str | None:
+    """AGENTPLANE_CONFIG from the environment, else from `.env`."""
+    return os.environ.get("AGENTPLANE_CONFIG") or dotenv_values(DOTENV).get("AGENTPLANE_CONFIG") or None
+
+
 class YamlConfigSource(PydanticBaseSettingsSource):
     """Reads the seed's `agents:` tree from the file named by AGENTPLANE_CONFIG."""
 
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         super().__init__(settings_cls)
-        path = os.environ.get("AGENTPLANE_CONFIG")
+        path = config_path()
         self._values: dict[str, Any] = load_yaml_config(Path(path)) if path else {}
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
@@ -126,6 +141,9 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
         raise ConfigError(f"AGENTPLANE_CONFIG: {path} is not valid YAML: {exc}") from exc
     if not isinstance(tree, dict):
         raise ConfigError(f"AGENTPLANE_CONFIG: {path} must hold a mapping with an `agents:` tree")
+    unknown = _unknown_keys(tree, ())
+    if unknown:
+        raise ConfigError(f"AGENTPLANE_CONFIG: {path}: " + "; ".join(unknown))
     values: dict[str, Any] = {}
     for yaml_path, field_name in _YAML_PATHS.items():
         node: Any = tree
@@ -134,6 +152,23 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
         if node is not None:
             values[field_name] = node
     return values
+
+
+def _unknown_keys(node: dict[Any, Any], at: tuple[str, ...]) -> list[str]:
+    """Each key of ``node`` (at YAML path ``at``) outside the seed's tree, with the nearest known one."""
+    known = {
+        path[len(at)] for path in (*_YAML_PATHS, *_FREE_FORM) if path[: len(at)] == at and len(path) > len(at)
+    }
+    problems: list[str] = []
+    for key, child in node.items():
+        path = (*at, str(key))
+        if str(key) not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" (did you mean {'.'.join((*at, close[0]))}?)" if close else ""
+            problems.append(f"unknown key {'.'.join(path)}{hint}")
+        elif isinstance(child, dict) and path not in _FREE_FORM and path not in _YAML_PATHS:
+            problems.extend(_unknown_keys(child, path))
+    return problems
 
 
 class ConfigError(Exception):
@@ -145,8 +180,14 @@ def _env(*names: str) -> Any:
 
 
 class Settings(BaseSettings):
+    # `.env` holds the same names as the environment; keys it has for other programs (compose's) are ignored.
     model_config = SettingsConfigDict(
-        extra="ignore", populate_by_name=True, validate_default=True, env_ignore_empty=True
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+        env_ignore_empty=True,
+        env_file=DOTENV,
+        env_file_encoding="utf-8",
     )
 
     # Service
@@ -172,8 +213,9 @@ class Settings(BaseSettings):
     replica_timeout: Duration = Field(
         default=20.0, validation_alias=AliasChoices("AGENTPLANE_REPLICA_TIMEOUT", "replica_timeout")
     )
-    # How long the leases of an agent whose socket dropped wait for it to reconnect (to any replica) and claim
-    # them, before they go back to the queue: a blip or a failover then runs nothing twice. 0 requeues at once.
+    # How long the leases of an agent whose socket dropped wait for it to reconnect (to any replica) and
+    # claim them, before they go back to the queue: a blip or a failover then runs nothing twice. 0 requeues
+    # at once.
     handover_grace: Duration = Field(
         default=5.0, validation_alias=AliasChoices("AGENTPLANE_HANDOVER_GRACE", "handover_grace")
     )
@@ -374,7 +416,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, YamlConfigSource(settings_cls)
+        return init_settings, env_settings, dotenv_settings, YamlConfigSource(settings_cls)
 
 
 # USD per 1,000 tokens; operators override them in the YAML file's agents.models.prices.
@@ -389,11 +431,22 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
 }
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line per problem, naming the key the operator set."""
+# Values a command's flags pass in (`agentplane serve --port`), by field name.
+_FLAGS = {"host": "--host", "port": "--port", "log_level": "--log-level"}
+
+
+def describe_validation_error(exc: ValidationError, from_yaml: frozenset[str] = frozenset()) -> str:
+    """One line per problem, naming the key the operator set: the environment variable (pydantic reports
+    the alias that matched), the YAML path for a value from the file (``from_yaml``: those field names), or
+    the command-line flag."""
     parts = []
     for error in exc.errors():
-        key = ".".join(str(item) for item in error["loc"]) or "settings"
+        loc = [str(item) for item in error["loc"]]
+        if loc and loc[0] in from_yaml:
+            loc[0] = _YAML_PATH_OF[loc[0]]
+        elif loc and loc[0] in _FLAGS:
+            loc[0] = _FLAGS[loc[0]]
+        key = ".".join(loc) or "settings"
         message = str(error["msg"]).removeprefix("Value error, ")
         value = error.get("input")
         shown = f" (got {value!r})" if isinstance(value, str | int | float) and "KEY" not in key else ""
@@ -405,7 +458,9 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None
+        path = config_path()
+        from_yaml = frozenset(load_yaml_config(Path(path))) - set(overrides) if path else frozenset()
+        raise ConfigError(describe_validation_error(exc, from_yaml)) from None
     except SettingsError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None
 
