@@ -87,6 +87,11 @@ class Jobs:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._update_idle()
 
+    def holding(self) -> list[uuid.UUID]:
+        """What a reconnecting agent still holds: handlers running, then results not yet acknowledged."""
+        held = list(self._running) + [key for key in self.unacked if key not in self._running]
+        return held[:10_000]  # the protocol's bound; beyond it the server requeues the rest
+
     def acknowledged(self, assignment_id: uuid.UUID) -> None:
         self.unacked.pop(assignment_id, None)
         self._update_idle()

@@ -30,6 +30,8 @@ FATAL_CLOSES = frozenset(
         CloseCode.DEREGISTERED,
     }
 )
+# The server asks the agent to go elsewhere: with several URLs, the next one is tried.
+GO_ELSEWHERE = frozenset({CloseCode.SERVICE_RESTART, CloseCode.SERVER_DRAINING, CloseCode.TRY_AGAIN_LATER})
 # 0.2-0.5 s first, doubling to a 5 s cap; the jitter spreads a fleet reconnecting after a server restart.
 _RECONNECT_WAIT = wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.3)
 # What we accept from the server: well above its 1 MiB default for agent frames, since assigns carry payloads.

@@ -12,10 +12,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agentplane._sdk_logs import configure_logging
 from agentplane.client import api_key
 from agentplane.sdk import Agent, AgentRejected, Handler
+from agentplane.urls import DEFAULT_URL, URL_ENV, agent_urls
 
-DEFAULT_URL = "ws://127.0.0.1:8080/ws/agents"
 KEY_ENV = "AGENTPLANE_KEY"  # the one key variable of every command; AGENTPLANE_AGENT_KEY is read after it
 logger = logging.getLogger("agentplane.agent")
 
@@ -32,7 +33,12 @@ def add_parser(subparsers: Any) -> None:
         "finishes the tasks in hand (taking no new ones), a second one stops at once.",
     )
     agent.add_argument(
-        "--url", default=DEFAULT_URL, help=f"the server's agent endpoint (default {DEFAULT_URL})"
+        "--url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help=f"a server: http(s)://host:port or its ws(s):// agent endpoint; repeat it or separate with "
+        f"commas for failover, tried in order (default ${URL_ENV}, else {DEFAULT_URL})",
     )
     agent.add_argument("--key", help=f"an API key with the agent scope (default: ${KEY_ENV})")
     agent.add_argument(
@@ -86,13 +92,14 @@ def load_handler(spec: str) -> tuple[str, Handler]:
 
 
 def build_agent(args: argparse.Namespace, key: str) -> Agent:
+    urls = agent_urls(args.url)  # a bad one is a ValueError naming it
     handlers = [load_handler(spec) for spec in args.handler]
     capabilities = args.capability or None  # None: one per handled task type
     if args.demo:
         from agentplane.demo import DEMO_AGENT_NAME, build_demo_agent
 
         agent = build_demo_agent(
-            args.url,
+            urls,
             key,
             model=args.model or "demo-1",
             agent_id=args.agent_id,
@@ -106,7 +113,7 @@ def build_agent(args: argparse.Namespace, key: str) -> Agent:
         raise HandlerSpecError("--model is required (unless --demo)")
     else:
         agent = Agent(
-            args.url,
+            urls,
             key,
             args.model,
             capabilities,
@@ -156,6 +163,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if not key:
         print(f"agentplane: an agent key is required: --key or ${KEY_ENV}", file=sys.stderr)
         return 2
+
     if args.max_concurrency < 1:
         print("agentplane: --max-concurrency must be at least 1", file=sys.stderr)
         return 2
@@ -175,8 +183,6 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"agentplane: {exc}", file=sys.stderr)
         return 2
-    from app.logs import configure_logging
-
     configure_logging(args.log_level)
     try:
         asyncio.run(serve(agent, args.drain_timeout))

@@ -301,7 +301,7 @@ DEMO_HANDLERS: dict[str, Handler] = {
 
 
 def build_demo_agent(
-    url: str,
+    url: str | Sequence[str] | None,
     key: str,
     *,
     model: str = "demo-1",

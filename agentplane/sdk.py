@@ -1,6 +1,6 @@
 """The agent runtime: connect to `/ws/agents`, register, run a handler per task type, reconnect.
 
-    agent = Agent(url="ws://127.0.0.1:8080/ws/agents", key="ap_...", model="gpt-4")
+    agent = Agent(url=["http://replica-a:8080", "http://replica-b:8080"], key="ap_...", model="gpt-4")
 
     @agent.handler("generate-code")
     async def generate(ctx: TaskContext) -> dict[str, str]:
@@ -12,7 +12,11 @@
 
 One socket at a time: a single reader loop parses every frame, a single writer drains the outbox queue.
 Handlers run as asyncio tasks (sync ones in a worker thread) and outlive a dropped connection; their results
-are kept until the server acknowledges them and are resent first after a reconnect.
+are kept until the server acknowledges them and are resent first after a reconnect, whose `register` names
+them (`holding`) so that the server hands their leases to the new socket instead of running them again.
+
+Several server URLs are tried in order: the agent moves to the next one when the current server cannot be
+reached or closes with a "go elsewhere" code (1012 restart, 4010 shutting down, 1013 try again later).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from agentplane._sdk_context import Handler, HandlerResult, TaskContext, TaskFai
 from agentplane._sdk_jobs import Jobs
 from agentplane._sdk_link import (
     FATAL_CLOSES,
+    GO_ELSEWHERE,
     AgentRejected,
     Link,
     open_socket,
@@ -40,6 +45,7 @@ from agentplane._sdk_link import (
     until,
 )
 from agentplane.protocol import CapabilitySpec, CloseCode, Usage, WsErrorCode
+from agentplane.urls import agent_urls
 
 __all__ = [
     "Agent",
@@ -72,7 +78,7 @@ class Agent:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str] | None,
         key: str,
         model: str,
         capabilities: Sequence[str | CapabilitySpec] | None = None,
@@ -87,7 +93,9 @@ class Agent:
             raise ValueError("max_concurrency must be at least 1")
         if accept_after < 0:
             raise ValueError("accept_after must not be negative")
-        self.url = url
+        # In failover order; None or empty: $AGENTPLANE_URL, else the local default.
+        self.urls = agent_urls(url)
+        self._url_index = 0
         self.model = model
         self.name = name or ""
         self.max_concurrency = max_concurrency
@@ -108,6 +116,11 @@ class Agent:
         self._jobs = Jobs(lambda: self._link, max_result_bytes, accept_after)
 
     # ------------------------------------------------------------------ public API
+
+    @property
+    def url(self) -> str:
+        """The agent endpoint in use (or tried next)."""
+        return self.urls[self._url_index]
 
     @property
     def agent_id(self) -> str | None:
@@ -153,8 +166,12 @@ class Agent:
                     logger.warning("replaced by a newer connection for agent %s; stopping", self._agent_id)
                     return
                 failures = 1 if registered else failures + 1
+                if len(self.urls) > 1 and (not registered or code in GO_ELSEWHERE):
+                    self._url_index = (self._url_index + 1) % len(self.urls)
                 delay = reconnect_delay(failures)
-                logger.warning("disconnected (%s %s); reconnecting in %.2f s", code, reason, delay)
+                logger.warning(
+                    "disconnected (%s %s); reconnecting to %s in %.2f s", code, reason, self.url, delay
+                )
                 await until(asyncio.sleep(delay), self._stop)
         finally:
             self._stop.set()
@@ -196,6 +213,8 @@ class Agent:
             model=self.model,
             capabilities=capabilities,
             max_concurrency=self.max_concurrency,
+            task_types=sorted(self._handlers) or None,
+            holding=self._jobs.holding(),
         )
 
     async def _session(self) -> tuple[bool, int | None, str]:
@@ -250,6 +269,8 @@ class Agent:
                     self._dispatch(raw, link)
                 except Exception:  # a bug handling one frame must not take the agent's socket down
                     logger.exception("could not handle a frame from the server")
+        except ConnectionClosed:
+            pass  # how a close other than 1000/1001 ends the loop; the session was registered all the same
         finally:
             self._link = None
             writer.cancel()
@@ -326,5 +347,9 @@ class Agent:
     def _on_cancel(self, frame: wire.Cancel) -> None:
         if self._jobs.cancel(frame.assignment_id, frame.reason):
             logger.info("cancelled %s: %s", frame.assignment_id, frame.reason or "no reason given")
+        elif frame.assignment_id in self._jobs.unacked:
+            # A held result whose lease the server did not take back: it wants no result for it any more.
+            logger.info("cancelled %s after it finished; its result is dropped", frame.assignment_id)
+            self._jobs.acknowledged(frame.assignment_id)
         else:
             logger.debug("cancel for %s, which is not running", frame.assignment_id)
