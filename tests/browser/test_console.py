@@ -226,6 +226,9 @@ def test_watch_a_consensus_sessions_answers(
     expect(round_one.locator(".agreement")).to_contain_text("2 of 3 agree (67%, threshold 60%)")
     expect(round_one.locator('tr[data-participant="agent-3"] .agree')).to_have_count(0)
     expect(page.locator("#consensus-result")).to_contain_text('"42" (2 of 3, 67%)')
+    finished = page.locator('#timeline li[data-kind="subtask_finished"]')
+    expect(finished).to_have_count(3)
+    expect(finished.filter(has_text="r1-agent-3 succeeded by agent-3")).to_have_count(1)
     screenshot(page, "session-consensus")
 
 

@@ -90,11 +90,13 @@ export function facts(pairs) {
     pairs.filter(([, value]) => value !== undefined).map(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]));
 }
 
-export function meter(value, max, { wide = false, label } = {}) {
+// A bar of value against max: a load or a budget turns red when full; a progress bar (`progress`) does not.
+export function meter(value, max, { wide = false, label, progress = false } = {}) {
   const share = max > 0 ? Math.min(value / max, 1) : 0;
   const bar = h("span");
   bar.style.width = `${(share * 100).toFixed(1)}%`;
-  const el = h("span", { class: `meter${wide ? " wide" : ""}${max > 0 && value >= max ? " over" : ""}`,
+  const full = !progress && max > 0 && value >= max;
+  const el = h("span", { class: `meter${wide ? " wide" : ""}${full ? " over" : ""}${progress ? " progress" : ""}`,
     role: "meter", "aria-valuenow": value, "aria-valuemax": max, title: label }, bar);
   return el;
 }

@@ -93,8 +93,10 @@ export function render(root, { id }) {
     let pending = null;
     stream = openStream("session events", `/sessions/${id}/events`, {
       onEvent: (event) => {
+        const at = new Date(event.data.at).toLocaleTimeString(undefined, { hour12: false });
         timeline.append(h("li", { class: event.type === "finished" ? "transition" : "", dataset: { kind: event.type } },
-          h("strong", {}, event.type), " ", h("span", { class: "muted" }, describe(event))));
+          h("span", { class: "at" }, at), h("strong", {}, event.type), " ",
+          h("span", { class: "muted" }, describe(event.type, event.data.data || {}))));
         clearTimeout(pending);
         pending = setTimeout(() => poller.now(), 100);
       },
@@ -107,12 +109,12 @@ export function render(root, { id }) {
   return () => { poller.stop(); stream?.close(); };
 }
 
-function describe(event) {
-  const d = event.data || {};
-  if (event.type === "subtask_submitted") return `${d.key}${d.agent_ids ? ` → ${d.agent_ids.join(", ")}` : ""}`;
-  if (event.type === "subtask_finished") return `${d.key} ${d.status}${d.agent_id ? ` by ${d.agent_id}` : ""}`;
-  if (event.type === "round") return `round ${d.round}`;
-  if (event.type === "finished") return `${d.status} · ${cost(d.cost)}`;
+function describe(kind, d) {
+  if (kind === "subtask_submitted") return `${d.key}${d.agent_ids ? ` → ${d.agent_ids.join(", ")}` : ""}`;
+  if (kind === "subtask_finished") return `${d.key} ${d.status}${d.agent_id ? ` by ${d.agent_id}` : ""}`;
+  if (kind === "round") return `round ${d.round}`;
+  if (kind === "finished") return `${d.status} · ${cost(d.cost)}`;
+  if (kind === "created") return `${d.strategy}${d.participants?.length ? ` · ${d.participants.join(", ")}` : ""}`;
   return compact(d);
 }
 
@@ -136,7 +138,7 @@ function mapReduce(session) {
   const reduce = subtasks.get("reduce");
   return [
     h("h2", {}, "Chunks"),
-    h("div", { class: "row", id: "chunk-progress" }, meter(done, total, { wide: true }),
+    h("div", { class: "row", id: "chunk-progress" }, meter(done, total, { wide: true, progress: true }),
       h("strong", {}, `${done} / ${total} chunks done`),
       state.failed && Object.keys(state.failed).length ? h("span", { class: "muted" },
         `failed: ${Object.keys(state.failed).join(", ")}`) : null,
