@@ -85,12 +85,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
         base = f"http://{settings.host}:{settings.port}"
         workers = args.workers or 1
-        print(
-            f"Agentplane listening on {base}  (API docs: {base}/docs, agents: ws://{settings.host}:"
-            f"{settings.port}/ws/agents)" + (f", {workers} replica processes" if workers > 1 else ""),
-            flush=True,
-        )
-        serve(settings, workers)
+
+        def listening() -> None:
+            print(
+                f"Agentplane listening on {base}  (API docs: {base}/docs, agents: ws://{settings.host}:"
+                f"{settings.port}/ws/agents)" + (f", {workers} replica processes" if workers > 1 else ""),
+                flush=True,
+            )
+
+        serve(settings, workers, on_listening=listening)
     return 0
 
 

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -78,18 +79,67 @@ class QuietServer:
                     for sig, handler in previous.items():
                         signal.signal(sig, handler)
 
+            async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+                # Agents hear 4010 ("connect to another replica") before uvicorn closes every socket with
+                # 1012; new connections are refused first, so they do not come back here.
+                for server in self.servers:
+                    server.close()
+                runtime = getattr(getattr(self.config.app, "state", None), "runtime", None)
+                if runtime is not None:
+                    with contextlib.suppress(Exception):
+                        await runtime.goodbye()
+                await super().shutdown(sockets)
+
         self.server = Server(config)
 
     def run(self, sockets: list[socket.socket] | None = None) -> None:
         self.server.run(sockets=sockets)
 
 
-def serve(settings: Settings, workers: int) -> None:
-    """Run until SIGINT or SIGTERM. ``settings.database_url`` is set (the database is migrated)."""
+def serve(settings: Settings, workers: int, on_listening: Callable[[], None] | None = None) -> None:
+    """Run until SIGINT or SIGTERM. ``settings.database_url`` is set (the database is migrated).
+
+    The port is bound, and the replica id checked, before any replica starts: a second `agentplane serve`
+    on a port in use, or with the id of a live replica, stops here with one line, having touched nothing.
+    ``on_listening`` runs once the port is bound."""
+    ids = [settings.replica_id] if workers <= 1 else [worker_id(settings, i) for i in range(workers)]
+    _refuse_live_ids(settings, ids)
     if workers <= 1:
-        QuietServer(uvicorn_config(settings)).run()
+        listener = _bind(settings.host, settings.port)
+        if on_listening is not None:
+            on_listening()
+        try:
+            QuietServer(uvicorn_config(settings)).run(sockets=[listener])
+        finally:
+            listener.close()
         return
-    _Supervisor(settings, workers).run()
+    _Supervisor(settings, workers, on_listening).run()
+
+
+def worker_id(settings: Settings, index: int) -> str:
+    return f"{settings.replica_id}/{index}"
+
+
+def _refuse_live_ids(settings: Settings, ids: list[str]) -> None:
+    import asyncio
+
+    from app.dispatch.bus import asyncpg_dsn
+    from app.replicas.identity import is_in_use
+
+    assert settings.database_url is not None
+    dsn = asyncpg_dsn(settings.database_url)
+
+    async def live() -> list[str]:
+        return [replica_id for replica_id in ids if await is_in_use(dsn, replica_id)]
+
+    in_use = asyncio.run(live())
+    if in_use:
+        print(
+            f"agentplane: replica id {in_use[0]!r} is in use by a live process; stop it, or start this one "
+            "with another AGENTPLANE_REPLICA_ID or port",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
 
 
 def _worker(settings: Settings, listener: socket.socket) -> None:
@@ -102,14 +152,17 @@ def _worker(settings: Settings, listener: socket.socket) -> None:
 
 
 class _Supervisor:
-    def __init__(self, settings: Settings, workers: int) -> None:
+    def __init__(self, settings: Settings, workers: int, on_listening: Callable[[], None] | None) -> None:
         self.settings = settings
         self.workers = workers
+        self.on_listening = on_listening
         self.stopping = False
         self.context = multiprocessing.get_context("spawn")  # a clean interpreter each: no forked loop
 
     def run(self) -> None:
         listener = _bind(self.settings.host, self.settings.port)
+        if self.on_listening is not None:
+            self.on_listening()
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         processes: dict[int, multiprocessing.process.BaseProcess] = {}
         try:
@@ -135,7 +188,7 @@ class _Supervisor:
                 signal.signal(sig, handler)
 
     def _start(self, index: int, listener: socket.socket) -> multiprocessing.process.BaseProcess:
-        replica = self.settings.model_copy(update={"replica_id": f"{self.settings.replica_id}/{index}"})
+        replica = self.settings.model_copy(update={"replica_id": worker_id(self.settings, index)})
         process = self.context.Process(target=_worker, args=(replica, listener), name=f"agentplane-{index}")
         process.start()
         return process

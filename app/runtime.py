@@ -7,7 +7,6 @@ import contextlib
 import logging
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.agents import service as agents
@@ -15,8 +14,9 @@ from app.agents.queries import fleet_by_status
 from app.collab.runner import SessionRunner
 from app.collab.strategies import STRATEGIES
 from app.config import Settings
+from app.db import raw
 from app.db.models import CollabSession, Replica, Task
-from app.dispatch.bus import Bus
+from app.dispatch.bus import Bus, asyncpg_dsn
 from app.dispatch.dispatcher import Dispatcher
 from app.dispatch.effects import Effects
 from app.dispatch.fleet import Fleet
@@ -27,6 +27,8 @@ from app.gateway.endpoint import Gateway
 from app.gateway.hub import Hub
 from app.health.monitor import HealthMonitor
 from app.metrics import Metrics
+from app.replicas.identity import ReplicaIdentity
+from app.replicas.reconcile import reconcile
 from app.retention.service import Retention
 from app.security import KeyCache
 from app.signals import Signals
@@ -34,6 +36,11 @@ from app.tasks.intake import Intake
 from app.tasks.states import OPEN
 
 logger = logging.getLogger(__name__)
+
+GOODBYE = "server shutting down; reconnect to another replica"
+# The row is created when missing: at start, or after the others declared this replica dead and deleted it.
+_HEARTBEAT = """INSERT INTO replicas (id) VALUES ($1)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now() RETURNING xmax = 0 AS created"""
 
 
 class Runtime:
@@ -69,6 +76,7 @@ class Runtime:
             fleet=self.fleet,
             signals=self.signals,
             metrics=metrics,
+            on_reconnect=self.reconcile,
         )
         self.dispatcher = Dispatcher(
             settings=settings, sessionmaker=sessionmaker, hub=self.hub, fleet=self.fleet, effects=self.effects
@@ -83,6 +91,8 @@ class Runtime:
         self.retention = Retention(settings=settings, engine=engine)
         self.resync = CapacityResync(sessionmaker=sessionmaker, fleet=self.fleet)
         self.intake = Intake(engine=engine, settings=settings, placer=self.dispatcher)
+        self.identity = ReplicaIdentity(asyncpg_dsn(settings.database_url), settings.replica_id)
+        self._announced = False  # the first heartbeat has written this replica's row
         self._loops: list[asyncio.Task[None]] = []
         self._utilization_labels: set[tuple[str, str]] = set()
 
@@ -91,6 +101,7 @@ class Runtime:
         return self.settings.replica_id
 
     async def start(self) -> None:
+        await self.identity.acquire()  # before anything is recovered or announced: one process per id
         await self._recover_previous_incarnation()
         await self._heartbeat_once()
         await self.bus.start()
@@ -115,9 +126,18 @@ class Runtime:
         await self.refresh_gauges()
         logger.info("replica started", extra={"replica_id": self.replica_id})
 
+    async def goodbye(self, grace: float = 2.0) -> None:
+        """A clean stop, before the HTTP server closes its connections (with 1012): every agent socket is
+        closed with 4010, which the SDK reads as "connect to another replica"; their leases wait for them to
+        claim them there (the hand-over grace)."""
+        connections = list(self.hub)
+        for connection in connections:
+            connection.close(CloseCode.SERVER_DRAINING, GOODBYE)
+        await asyncio.gather(*(connection.drained(grace) for connection in connections))
+
     async def stop(self) -> None:
         for connection in self.hub:
-            connection.close(CloseCode.SERVER_DRAINING, "server shutting down")
+            connection.close(CloseCode.SERVER_DRAINING, GOODBYE)
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -137,12 +157,16 @@ class Runtime:
             async with self.sessionmaker() as session:
                 await session.execute(delete(Replica).where(Replica.id == self.replica_id))
                 await session.commit()
+        await self.identity.release()
 
     async def _recover_previous_incarnation(self) -> None:
         """A restart under the same replica id: what the dead process held goes back to the queue now."""
         async with self.sessionmaker() as session:
             outcome = await agents.mark_replica_agents_offline(
-                session, self.replica_id, reason="replica restarted; its connections are gone"
+                session,
+                self.replica_id,
+                reason="replica restarted; its connections are gone",
+                handover=self.settings.handover_grace > 0,
             )
             await session.commit()
         if outcome.finished:
@@ -150,11 +174,28 @@ class Runtime:
         self.effects.after_commit(outcome, reason="replica_restarted")
 
     async def _heartbeat_once(self) -> None:
-        async with self.sessionmaker() as session:
-            stmt = insert(Replica).values(id=self.replica_id)
-            stmt = stmt.on_conflict_do_update(index_elements=[Replica.id], set_={"heartbeat_at": func.now()})
-            await session.execute(stmt)
-            await session.commit()
+        if not await self.identity.ensure():
+            # Another process took this id while the lock's connection was down: it owns these agents now.
+            for connection in self.hub:
+                connection.close(CloseCode.SERVER_DRAINING, "another process took this replica's id")
+            return
+        async with raw.connection(self.engine) as db:
+            created = await db.fetchval(_HEARTBEAT, self.replica_id)
+        if created and self._announced:
+            logger.warning(
+                "this replica was declared dead by the others (paused past %gs?); its agents register again",
+                self.settings.replica_timeout,
+                extra={"replica_id": self.replica_id},
+            )
+        self._announced = True
+        await self.reconcile()
+
+    async def reconcile(self) -> None:
+        """Make this replica's sockets agree with the database (app.replicas.reconcile)."""
+        if self._announced:
+            await reconcile(
+                self.engine, hub=self.hub, fleet=self.fleet, signals=self.signals, replica_id=self.replica_id
+            )
 
     async def refresh_gauges(self) -> None:
         """Fleet-wide gauges come from the database: right after a restart, and the same on every replica."""

@@ -7,6 +7,7 @@ import os
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -34,9 +35,15 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+# Replicas starting together all run the migrations: one at a time, under a transaction-level advisory lock
+# taken before Alembic reads the current revision, so the others find the schema at head and do nothing.
+MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('agentplane.migrations', 0))"
+
+
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
     with context.begin_transaction():
+        connection.execute(text(MIGRATION_LOCK))
         context.run_migrations()
 
 

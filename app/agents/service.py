@@ -29,9 +29,11 @@ class RegisteredAgent:
     capabilities: frozenset[str]
     max_concurrency: int
     success_rate: float
-    active: int  # open assignments (normally 0: a reconnect requeues the old ones)
+    active: int  # open assignments: those it held and claimed on reconnecting
     requeued: lifecycle.Outcome
     version: int  # this registration's version of the agents row: a later one supersedes it
+    held: tuple[uuid.UUID, ...] = ()  # leases it said it holds, moved to this connection
+    released: tuple[uuid.UUID, ...] = ()  # ones it said it holds but lost meanwhile: the agent must stop them
 
 
 # Registration is two statements besides the transaction's own: one read (the current owner and replica, and
@@ -61,6 +63,11 @@ _UPSERT = """WITH agent AS (
     ON CONFLICT (agent_id, name) DO UPDATE SET type = excluded.type, version = excluded.version
 )
 SELECT * FROM agent"""
+# Hand-over: the leases the reconnecting agent still holds move to this replica, if they are still open.
+_CLAIM_HELD = """UPDATE assignments SET replica_id = $3
+WHERE id = ANY($2::uuid[]) AND agent_id = $1 AND status IN ('assigned', 'running') RETURNING id"""
+# Of the rest it named, those whose answer is recorded need no cancel: the agent's resent result is acked.
+_ANSWERED = """SELECT id FROM assignments WHERE id = ANY($1::uuid[]) AND status IN ('succeeded', 'failed')"""
 
 
 def new_agent_id() -> str:
@@ -95,15 +102,27 @@ async def register(
     previous_replica = (
         existing["replica_id"] if existing is not None and existing["status"] != "offline" else None
     )
-    # Whatever an old connection held went with it: the queue gets it back now, not at lease expiry.
-    # (Requeue before touching the agent row: tasks, assignments, then agents is the lock order.)
-    requeued = (
-        await recovery.requeue_open_assignments(
-            session, agent_ids=[agent_id], reason="agent reconnected", undelivered=set(undelivered)
+    # What an old connection held and the agent no longer does goes back to the queue now, not at lease
+    # expiry; what it still holds moves to this connection (hand-over). (Requeue and claim before touching
+    # the agent row: tasks, assignments, then agents is the lock order.)
+    holding = set(frame.holding) - set(undelivered)
+    requeued = lifecycle.Outcome()
+    held: tuple[uuid.UUID, ...] = ()
+    released: tuple[uuid.UUID, ...] = ()
+    if existing is not None and existing["holds_work"]:
+        requeued = await recovery.requeue_open_assignments(
+            session,
+            agent_ids=[agent_id],
+            reason="agent reconnected",
+            undelivered=set(undelivered),
+            keep=holding,
         )
-        if existing is not None and existing["holds_work"]
-        else lifecycle.Outcome()
-    )
+        if holding:
+            held = tuple(r["id"] for r in await db.fetch(_CLAIM_HELD, agent_id, sorted(holding), replica_id))
+    if holding - set(held):
+        lost = holding - set(held)
+        answered = {record["id"] for record in await db.fetch(_ANSWERED, sorted(lost))}
+        released = tuple(sorted(lost - answered))
     capabilities = frame.capabilities
     agent = await db.fetchrow(
         _UPSERT,
@@ -128,9 +147,11 @@ async def register(
         capabilities=frozenset(cap.name for cap in frame.capabilities),
         max_concurrency=agent["max_concurrency"],
         success_rate=agent["tasks_completed"] / done if done else 1.0,
-        active=0,
+        active=len(held),
         requeued=requeued,
         version=agent["version"],
+        held=held,
+        released=released,
     )
 
 
@@ -141,20 +162,28 @@ async def disconnect(
     replica_id: str,
     version: int,
     undelivered: Collection[uuid.UUID] = (),
+    handover: bool = False,
 ) -> lifecycle.Outcome:
-    """The socket of registration ``version`` on ``replica_id`` closed: its work goes back to the queue and
-    the agent is offline at once. A no-op when a newer registration (on any replica) owns the agent.
-    ``undelivered``: assignments whose `assign` never reached the socket; they cost their task no attempt."""
+    """The socket of registration ``version`` on ``replica_id`` closed: the agent is offline at once. A no-op
+    when a newer registration (on any replica) owns the agent. ``undelivered``: assignments whose `assign`
+    never reached the socket; they go back to the queue now and cost their task no attempt. The rest goes
+    back now too, unless ``handover``: then it waits for the agent to reconnect and claim it, and the reaper
+    requeues what nobody claimed within the grace period (app.tasks.recovery.requeue_abandoned)."""
     current = await session.scalar(select(Agent.version).where(Agent.id == agent_id))
     if current != version:
         return lifecycle.Outcome()
-    outcome = await recovery.requeue_open_assignments(
-        session,
-        agent_ids=[agent_id],
-        replica_id=replica_id,
-        reason="agent disconnected",
-        undelivered=set(undelivered),
-    )
+    undelivered = set(undelivered)
+    if handover and not undelivered:
+        outcome = lifecycle.Outcome()
+    else:
+        outcome = await recovery.requeue_open_assignments(
+            session,
+            agent_ids=[agent_id],
+            replica_id=replica_id,
+            assignment_ids=sorted(undelivered) if handover else None,
+            reason="agent disconnected",
+            undelivered=undelivered,
+        )
     await session.execute(
         update(Agent)
         .where(Agent.id == agent_id, Agent.version == version)
@@ -193,14 +222,20 @@ async def deregister(session: AsyncSession, agent_id: str) -> None:
 
 
 async def mark_replica_agents_offline(
-    session: AsyncSession, replica_id: str, *, reason: str
+    session: AsyncSession, replica_id: str, *, reason: str, handover: bool = False
 ) -> lifecycle.Outcome:
-    """A replica died (or restarted): its leases go back to the queue and its agents are offline."""
-    outcome = await recovery.requeue_open_assignments(session, replica_id=replica_id, reason=reason)
+    """A replica died (or restarted): its agents are offline, and its leases go back to the queue, at once or
+    (``handover``) once the grace period has passed without their agents reconnecting to claim them. Leases
+    already claimed by a reconnected agent are on its new replica and not touched."""
+    outcome = (
+        lifecycle.Outcome()
+        if handover
+        else await recovery.requeue_open_assignments(session, replica_id=replica_id, reason=reason)
+    )
     await session.execute(
         update(Agent)
         .where(Agent.replica_id == replica_id, Agent.status != "offline")
-        .values(status="offline")
+        .values(status="offline", last_seen_at=func.now())
     )
     return outcome
 

@@ -30,7 +30,7 @@ from app.ownership import Owner
 from app.signals import Signals
 from app.tasks.lifecycle import db_now
 from app.tasks.schemas import TaskCreate
-from app.tasks.service import cancel_open_task
+from app.tasks.service import cancel_open_task, notify_finished
 from app.tasks.states import OPEN, TERMINAL
 from app.tasks.submit import insert_tasks
 
@@ -226,6 +226,7 @@ async def end(
         await cancel_open_task(session, task, reason=reason)
         advanced.cancelled.append(task.id)
         advanced.cancelled_types.append(task.type)
+    await notify_finished(session, advanced.cancelled)
     row.status = status
     row.result = result
     row.error = error

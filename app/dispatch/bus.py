@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import orjson
 from sqlalchemy.engine import make_url
 
-from app.db.outage import OUTAGES, is_outage
+from app.db.outage import OUTAGES, is_outage, report_failure
 from app.dispatch.fleet import Fleet
 from app.errors import CloseCode
 from app.gateway.hub import Hub
@@ -42,6 +43,7 @@ class Bus:
         fleet: Fleet,
         signals: Signals,
         metrics: Metrics,
+        on_reconnect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.dsn = asyncpg_dsn(database_url)
         self.replica_id = replica_id
@@ -52,6 +54,8 @@ class Bus:
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self.on_reconnect = on_reconnect  # what was sent while the listener was away is re-derived
+        self._connects = 0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._keep_listening(), name="bus")
@@ -76,6 +80,12 @@ class Bus:
                 await self._conn.add_listener(BUS_CHANNEL, self._on_notification)
                 self.connected.set()
                 self.signals.work_available()  # anything sent while we were away is picked up now
+                self._connects += 1
+                if self._connects > 1 and self.on_reconnect is not None:
+                    try:
+                        await self.on_reconnect()
+                    except Exception as exc:  # the next heartbeat reconciles again
+                        report_failure(logger, exc, "could not reconcile after the listener reconnected")
                 await lost.wait()
             except asyncio.CancelledError:
                 raise
@@ -100,6 +110,10 @@ class Bus:
             # empty claim per submission.
             if message.get("r") != self.replica_id:
                 self.signals.work_available()
+            return
+        if kind == "done":
+            for task_id in message.get("t", ()):
+                self.signals.task_changed(uuid.UUID(task_id))
             return
         agent_id = str(message.get("agent", ""))
         if kind == "cancel":

@@ -81,6 +81,7 @@ class Fleet:
             capabilities=agent.capabilities,
             max_concurrency=agent.max_concurrency,
             prior_success_rate=agent.success_rate,
+            open=set(agent.held),  # hand-over: the leases it kept count against its capacity here
         )
         self._count(local, +1)
 

@@ -50,7 +50,19 @@ class Reaper(BackgroundService):
                 outcome = await recovery.reap(session)
                 await session.commit()
             self.effects.after_commit(outcome, reason="lease_lapsed")
-            if len(outcome.finished) < 500:
+            if len(outcome.finished) < recovery.BATCH:
+                break
+        if self.settings.handover_grace > 0:
+            await self.requeue_abandoned()
+
+    async def requeue_abandoned(self) -> None:
+        """Leases of agents that dropped and did not come back within the hand-over grace period."""
+        while True:
+            async with self.sessionmaker() as session:
+                outcome = await recovery.requeue_abandoned(session, grace=self.settings.handover_grace)
+                await session.commit()
+            self.effects.after_commit(outcome, reason="agent_lost")
+            if len(outcome.finished) < recovery.BATCH:
                 return
 
     async def sweep_dead_replicas(self) -> None:
@@ -70,7 +82,10 @@ class Reaper(BackgroundService):
         for replica_id in sorted(dead):
             async with self.sessionmaker() as session:
                 outcome = await agents.mark_replica_agents_offline(
-                    session, replica_id, reason=f"replica {replica_id} stopped heartbeating"
+                    session,
+                    replica_id,
+                    reason=f"replica {replica_id} stopped heartbeating",
+                    handover=self.settings.handover_grace > 0,
                 )
                 await session.execute(delete(Replica).where(Replica.id == replica_id))
                 await session.commit()

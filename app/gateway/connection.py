@@ -73,6 +73,7 @@ class Connection:
         self.key_id = key_id  # the API key it authenticated with (None: the environment's admin key)
         self.closed = False
         self.close_code: int | None = None
+        self.peer_close_code: int | None = None  # the code the agent closed with (1000: it is done for good)
         self.undelivered: list[uuid.UUID] = []  # assigns that never reached the socket
         self._outbox: deque[_Item] = deque()
         self._writer: asyncio.Task[None] | None = None

@@ -29,6 +29,7 @@ from app.gateway.hub import Hub
 from app.gateway.protocol import (
     AGENT_FRAME_TYPES,
     PROTOCOL_VERSION,
+    Cancel,
     ErrorFrame,
     Register,
     Registered,
@@ -45,6 +46,7 @@ router = APIRouter()
 MAX_BAD_FRAMES = 20
 MAX_LIMITED_FRAMES = 1000  # refused for the rate limit in a row: the peer is flooding, not busy (4002)
 OUTAGE_CLOSE = "the database is unavailable; try again later"
+RELEASED = "the lease was lost while the agent was away: the task went back to the queue"
 
 
 @router.websocket("/ws/agents")
@@ -86,9 +88,11 @@ def _refusal(text: str, exc: ValidationError) -> BadFrame:
     return BadFrame(WsErrorCode.INVALID_MESSAGE, problems[:2000], str(ref)[:100])
 
 
-async def _receive_text(websocket: WebSocket) -> str | None:
+async def _receive_text(websocket: WebSocket, connection: Connection | None = None) -> str | None:
     message = await websocket.receive()
     if message["type"] == "websocket.disconnect":
+        if connection is not None:
+            connection.peer_close_code = message.get("code")
         return None
     if message.get("text") is not None:
         return str(message["text"])
@@ -231,6 +235,16 @@ class Gateway:
             )
         )
         effects.fleet.agent_joined(registered)
+        for assignment_id in registered.released:
+            connection.send(Cancel(assignment_id=assignment_id, reason=RELEASED))
+        if registered.held or registered.released:
+            logger.info(
+                "agent reconnected holding %d leases: %d kept, %d released",
+                len(registered.held) + len(registered.released),
+                len(registered.held),
+                len(registered.released),
+                extra={"agent_id": registered.id},
+            )
         effects.signals.agent_joined()  # tasks only this agent can take may be waiting
         channel = AgentChannel(
             connection, sessionmaker=self.sessionmaker, batcher=self.batcher, effects=self.effects
@@ -282,7 +296,7 @@ class Gateway:
         bad = limited = 0
         bucket = TokenBucket(self.settings.ws_frame_rate, self.settings.ws_frame_burst)
         while not connection.closed:
-            text = await _receive_text(websocket)
+            text = await _receive_text(websocket, connection)
             if text is None:
                 return
             try:
@@ -322,7 +336,18 @@ class Gateway:
             ref=str(ref),
         )
 
-    async def _disconnect(self, connection: Connection) -> Outcome:
+    def _hands_over(self, connection: Connection) -> bool:
+        """Whether the socket's leases wait for the agent to reconnect and claim them (the hand-over grace):
+        yes when the connection was lost or this replica is stopping; no when the agent said goodbye (1000:
+        nothing it held will be claimed) or the server closed it for misbehaving (a slow reader, a protocol
+        violation, a revoked key: requeued at once, as before)."""
+        return (
+            self.settings.handover_grace > 0
+            and connection.peer_close_code != 1000
+            and connection.close_code in (None, CloseCode.SERVER_DRAINING)
+        )
+
+    async def _disconnect(self, connection: Connection, *, handover: bool) -> Outcome:
         async with self.sessionmaker() as session:
             outcome = await agents.disconnect(
                 session,
@@ -330,11 +355,13 @@ class Gateway:
                 replica_id=self.settings.replica_id,
                 version=connection.version,
                 undelivered=connection.undelivered,
+                handover=handover,
             )
             await session.commit()
             return outcome
 
     async def _cleanup(self, connection: Connection) -> None:
+        handover = self._hands_over(connection)
         connection.close(1000, "bye")
         await connection.drained(5)
         if not self.hub.detach(connection):
@@ -342,7 +369,7 @@ class Gateway:
         self.effects.fleet.agent_left(connection.agent_id)
         try:
             # Shielded with its own session and commit, so a cancelled handler (shutdown) still records it.
-            outcome = await asyncio.shield(self._disconnect(connection))
+            outcome = await asyncio.shield(self._disconnect(connection, handover=handover))
         except Exception as exc:
             # The reaper recovers the leases when they lapse; nothing is lost, only delayed.
             report_failure(logger, exc, "could not mark agent offline", agent_id=connection.agent_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Assignment
@@ -21,6 +21,12 @@ from app.tasks.work import Finished, Outcome, Work
 BATCH = 500
 _LAPSED = f"""{TaskRow.select()} WHERE status = ANY($1::text[]) AND lease_expires_at < $2
 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED"""
+_BACK = "SELECT id FROM agents WHERE id = ANY($1::text[]) AND status <> 'offline'"
+# Open leases whose agent has been offline (or gone) longer than the hand-over grace: nobody claimed them.
+_ABANDONED = """SELECT a.id FROM assignments a LEFT JOIN agents g ON g.id = a.agent_id
+WHERE a.status IN ('assigned', 'running')
+    AND (g.id IS NULL OR (g.status = 'offline' AND g.last_seen_at < now() - make_interval(secs => :grace)))
+ORDER BY a.id LIMIT :limit"""
 _OVERDUE = f"""{TaskRow.select()} WHERE status = 'pending' AND expires_at < $1
 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"""
 
@@ -33,12 +39,16 @@ async def requeue_open_assignments(
     assignment_ids: Sequence[uuid.UUID] | None = None,
     reason: str,
     undelivered: bool | Collection[uuid.UUID] = False,
+    keep: Collection[uuid.UUID] = (),
+    unless_back: bool = False,
 ) -> Outcome:
     """The agents (or a replica's agents) are gone: their leased tasks go back to the queue at once.
 
     The attempt stays charged (a task whose attempts are spent fails with ``agent_lost``), unless the work
     was ``undelivered`` (True: all of it; or these assignment ids): an `assign` that never reached the
-    agent's socket costs the task nothing.
+    agent's socket costs the task nothing. ``keep``: assignments left alone (the agent still holds them).
+    ``unless_back``: skip the assignments of agents that are no longer offline once the rows are locked (they
+    reconnected and claimed their work meanwhile).
     """
     query = select(Assignment.id).where(Assignment.status.in_(OPEN_ASSIGNMENT))
     if agent_ids is not None:
@@ -47,16 +57,22 @@ async def requeue_open_assignments(
         query = query.where(Assignment.replica_id == replica_id)
     if assignment_ids is not None:
         query = query.where(Assignment.id.in_(list(assignment_ids)))
-    ids = list(await session.scalars(query))
+    ids = [assignment_id for assignment_id in await session.scalars(query) if assignment_id not in keep]
     outcome = Outcome()
     if not ids:
         return outcome
     work = await Work.begin(session)
     await work.lock(ids)
+    back: set[str] = set()
+    if unless_back:
+        # Read after the locks: a registration that claimed these rows has committed by now (the rows were
+        # locked by its claim), so its agent no longer reads as offline.
+        agents = sorted({row.agent_id for row in work.assignments.values()})
+        back = {record["id"] for record in await work.db.fetch(_BACK, agents)}
     for assignment_id in ids:
         assignment = work.assignments.get(assignment_id)
-        if assignment is None or assignment.status not in OPEN_ASSIGNMENT:
-            continue  # finished while we were looking
+        if assignment is None or assignment.status not in OPEN_ASSIGNMENT or assignment.agent_id in back:
+            continue  # finished while we were looking, or its agent came back for it
         assignment.status, assignment.finished_at, assignment.reason = "lost", work.now, reason
         task = work.current_task(assignment)
         if task is None:
@@ -146,3 +162,17 @@ async def reap(session: AsyncSession, *, limit: int = BATCH) -> Outcome:
         )
     await work.flush()
     return outcome
+
+
+async def requeue_abandoned(session: AsyncSession, *, grace: float, limit: int = BATCH) -> Outcome:
+    """Leases whose agent dropped more than ``grace`` seconds ago and did not reconnect to claim them go back
+    to the queue (the attempt stays charged: the agent may have run it)."""
+    ids = list(await session.scalars(text(_ABANDONED), {"grace": grace, "limit": limit}))
+    if not ids:
+        return Outcome()
+    return await requeue_open_assignments(
+        session,
+        assignment_ids=ids,
+        reason=f"the agent did not reconnect within {grace:g}s",
+        unless_back=True,
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import functools
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,26 @@ from app.tasks.states import TERMINAL, TaskStatus, transition
 from app.tasks.states import TaskEvent as Ev
 
 BUS_CHANNEL = "agentplane"
+
+
+# Task ids per `done` message: NOTIFY payloads are limited to 8,000 bytes, and a burst of results committed
+# together costs one message per this many tasks, never one per task.
+FINISHED_PER_MESSAGE = 150
+NOTIFY_ALL = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"
+
+
+def finished_messages(task_ids: Sequence[uuid.UUID]) -> list[dict[str, Any]]:
+    """Bus messages telling every replica these tasks reached a terminal state, so their waiters (long-polls,
+    SSE streams) wake at once instead of at their next poll."""
+    return [
+        {"k": "done", "t": [str(task_id) for task_id in task_ids[i : i + FINISHED_PER_MESSAGE]]}
+        for i in range(0, len(task_ids), FINISHED_PER_MESSAGE)
+    ]
+
+
+async def notify_finished(session: AsyncSession, task_ids: Sequence[uuid.UUID]) -> None:
+    for message in finished_messages(task_ids):
+        await notify(session, message)
 
 
 async def notify(session: AsyncSession, message: dict[str, Any]) -> None:
@@ -97,6 +117,7 @@ async def cancel_task(
     if task.status in TERMINAL:
         raise TaskConflict(f"the task is already {task.status}; only open tasks can be cancelled")
     await cancel_open_task(session, task, reason=reason)
+    await notify_finished(session, [task.id])
     await session.commit()
     return task
 

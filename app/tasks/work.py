@@ -20,7 +20,8 @@ from app.db import raw
 from app.db.models import Agent, TaskEvent
 from app.storable import INT_MAX
 from app.tasks.rows import AssignmentRow, TaskRow
-from app.tasks.service import BUS_CHANNEL
+from app.tasks.service import BUS_CHANNEL, NOTIFY_ALL, finished_messages
+from app.tasks.states import TERMINAL
 
 MAX_COST_TOTAL = 1e300  # a running cost stops growing here, far from double precision's overflow
 
@@ -120,6 +121,7 @@ class Work:
         self.events: list[tuple[Any, ...]] = []
         self.tallies: dict[str, AgentTally] = {}
         self.notifications: list[dict[str, Any]] = []
+        self.finished: list[uuid.UUID] = []  # tasks that reached a terminal state: other replicas' waiters
         self.wake = False
 
     @classmethod
@@ -166,6 +168,8 @@ class Work:
 
     def event(self, task: TaskRow, previous: str, reason: str, data: dict[str, Any] | None = None) -> None:
         self.events.append((task.id, "transition", previous, task.status, reason, data))
+        if task.status in TERMINAL:
+            self.finished.append(task.id)
 
     def progress_event(self, task_id: uuid.UUID, data: dict[str, Any]) -> None:
         self.events.append((task_id, "progress", None, None, None, data))
@@ -198,6 +202,10 @@ class Work:
         if self.wake:
             self.notifications.append({"k": "work"})
             self.wake = False
-        for message in self.notifications:
-            await db.execute("SELECT pg_notify($1, $2)", BUS_CHANNEL, orjson.dumps(message).decode())
+        if self.finished:
+            self.notifications.extend(finished_messages(self.finished))
+            self.finished = []
+        if self.notifications:
+            payloads = [orjson.dumps(message).decode() for message in self.notifications]
+            await db.execute(NOTIFY_ALL, BUS_CHANNEL, payloads)
         self.notifications = []

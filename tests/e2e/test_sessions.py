@@ -448,5 +448,5 @@ def test_a_session_survives_a_server_crash_without_counting_a_chunk_twice(
             "items"
         ]
         assert Counter(task["status"] for task in tasks) == {"succeeded": 20}
-        # Chunks in flight at the crash were leased again (a second attempt), and still counted once.
-        assert any(task["attempt"] > 1 for task in tasks)
+        # Chunks in flight at the crash were handed over to their agents' new sockets (the SDK names what it
+        # still holds) or, past the grace period, leased again: either way each is counted once (above).
