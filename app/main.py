@@ -13,6 +13,7 @@ from app.collab.router import router as sessions_router
 from app.config import Settings, get_settings
 from app.console.router import install_console
 from app.db.session import create_engine, create_sessionmaker
+from app.docs_ui import install_docs
 from app.errors import ErrorBoundary, install_error_handlers
 from app.gateway.endpoint import router as gateway_router
 from app.interop import Interop
@@ -62,7 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="A control plane for fleets of AI agents.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package by install_docs, not from a CDN
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.key_cache = KeyCache()
