@@ -86,8 +86,17 @@ def test_killing_an_agent_hands_its_tasks_to_another(
             return all(t["status"] == "running" and t["agent_id"] == "doomed" for t in tasks)
 
         eventually(all_running_on_doomed, timeout=30)
-        start_agent(server, key, "rescuer", agents, tmp_path, concurrency=10)
+        # In order, not raced: the doomed agent dies holding every task, the server gives them back to the
+        # queue, and only then does the rescuer start (started first, on a busy machine it could register
+        # after the doomed agent had finished its sleeps, and nothing would be handed over).
         doomed.kill()
+
+        def all_back_in_the_queue() -> bool:
+            tasks = [client.get(f"/api/v1/tasks/{t}").json() for t in task_ids]
+            return agent_state(client, "doomed") == "offline" and all(t["status"] == "pending" for t in tasks)
+
+        eventually(all_back_in_the_queue, timeout=60)
+        start_agent(server, key, "rescuer", agents, tmp_path, concurrency=10)
 
         def all_terminal() -> bool:
             return all(client.get(f"/api/v1/tasks/{t}").json()["status"] in TERMINAL for t in task_ids)
