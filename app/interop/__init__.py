@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.routing import Route
+from starlette.routing import Route, request_response
+from starlette.types import ASGIApp
 
 from app.config import Settings
-from app.interop import auth
+from app.interop import a2a_server, auth
 from app.interop.fleet import Fleet
 from app.interop.mcp_server import PATH as MCP_PATH
 from app.interop.mcp_server import build_mcp
@@ -20,11 +21,19 @@ class Interop:
     def __init__(self, app: FastAPI, settings: Settings) -> None:
         self.fleet = Fleet(app.state)
         self.mcp_sessions, mcp_app = build_mcp(self.fleet, settings)
-        guard = auth.KeyGuard(mcp_app, settings=settings, key_cache=app.state.key_cache, state=app.state)
+        a2a_app = request_response(a2a_server.dispatcher(self.fleet).handle_requests)
+
+        def guard(inner: ASGIApp) -> auth.KeyGuard:
+            return auth.KeyGuard(inner, settings=settings, key_cache=app.state.key_cache, state=app.state)
+
         app.router.routes.extend(
             [
-                Route(MCP_PATH, guard, methods=["GET", "POST", "DELETE"], include_in_schema=False),
-                Route(f"{auth.METADATA_PATH}/{{resource:path}}", auth.resource_metadata, methods=["GET"]),
+                Route(MCP_PATH, guard(mcp_app), methods=["GET", "POST", "DELETE"], include_in_schema=False),
+                Route(a2a_server.JSONRPC_PATH, guard(a2a_app), methods=["POST"], include_in_schema=False),
+                Route(a2a_server.CARD_PATH, a2a_server.card_route(self.fleet), include_in_schema=False),
+                Route(
+                    f"{auth.METADATA_PATH}/{{resource:path}}", auth.resource_metadata, include_in_schema=False
+                ),
             ]
         )
 

@@ -96,6 +96,16 @@ class Fleet:
         task = await watch.wait_until_terminal(self.maker, self.signals, task_id, wait, viewer=viewer)
         return service.to_out(task)
 
+    async def list_tasks(
+        self, viewer: Principal, *, cursor: str | None, limit: int
+    ) -> tuple[list[TaskOut], str | None]:
+        async with self.maker() as session:
+            tasks, next_cursor = await service.list_tasks(
+                session, viewer=viewer, status=None, task_type=None, agent_id=None, session_id=None,
+                cursor=cursor, limit=limit,
+            )  # fmt: skip
+        return [service.to_out(task) for task in tasks], next_cursor
+
     async def cancel(self, viewer: Principal, task_id: uuid.UUID) -> TaskOut:
         async with self.maker() as session:
             task = await service.cancel_task(session, task_id, viewer=viewer)
