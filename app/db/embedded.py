@@ -6,12 +6,14 @@ listens on no TCP port and needs no password.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import warnings
 from pathlib import Path
 from typing import Any
 
+import psutil
 from sqlalchemy.engine import URL
 
 logger = logging.getLogger(__name__)
@@ -21,6 +23,8 @@ warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 DATABASE_NAME = "agentplane"
+# pgserver's list of the processes holding the server; the last to let go stops it.
+HOLDERS_FILE = ".handle_pids.json"
 _MIN_CONNECTIONS = 300
 
 
@@ -34,9 +38,11 @@ class EmbeddedPostgres:
     def start(self) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-            from pgserver.postgres_server import get_server
+            from pgserver.postgres_server import PostgresServer, get_server
 
             self.pgdata.mkdir(parents=True, exist_ok=True)
+            with PostgresServer._lock:  # pgserver's own lock over its holder list
+                _forget_dead_holders(self.pgdata / HOLDERS_FILE)
             self._server = get_server(self.pgdata, cleanup_mode="stop")
         self._ensure_capacity()
 
@@ -85,3 +91,26 @@ class EmbeddedPostgres:
         except subprocess.CalledProcessError:  # already stopped by another holder
             logger.debug("embedded postgres was already stopped")
         self._server = None
+
+
+def _forget_dead_holders(path: Path) -> None:
+    """Drop the pids of holders that died without letting go (kill -9). pgserver stops the server only when
+    the holder leaving is the last on its list, so a dead pid left there would keep every later clean stop
+    from stopping it: the server this process adopts would be orphaned."""
+    try:
+        pids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # no list yet, or not one pgserver wrote: leave it to pgserver
+    if not isinstance(pids, list):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+    if alive != pids:
+        logger.info("embedded postgres: forgetting holders that died: %s", sorted(set(pids) - set(alive)))
+        path.write_text(json.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
