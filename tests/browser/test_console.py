@@ -232,6 +232,38 @@ def test_watch_a_consensus_sessions_answers(
     screenshot(page, "session-consensus")
 
 
+def test_watch_a_chain_sessions_steps(
+    fleet: AgentFleet, server: ServerProcess, api: httpx.Client, page: Page
+) -> None:
+    session_id = create_session(
+        api,
+        {
+            "strategy": "chain",
+            "task": {"type": "echo", "capabilities": [], "payload": {"text": "to be or not to be"}},
+            "params": {"steps": [
+                {"name": "count", "capability": "text", "type": "word-count"},
+                {"name": "echo", "capability": "text", "input": {"counts": "$steps.count.output"}},
+            ]},
+        },
+    )  # fmt: skip
+    sign_in(page, server, server.admin_key, f"#/sessions/{session_id}")
+    expect(page.locator("#session .badge").first).to_have_text("succeeded")
+    count, echo = page.locator('tr[data-step="count"]'), page.locator('tr[data-step="echo"]')
+    expect(count).to_have_attribute("data-status", "succeeded")
+    expect(echo).to_have_attribute("data-status", "succeeded")
+    # Inputs and outputs are collapsed JSON: opened with a click, as a user would.
+    for row, name, text in (
+        (count, "input", '"text": "to be or not to be"'),
+        (echo, "input", '"be": 2'),
+        (echo, "output", '"counts"'),
+    ):
+        value = row.locator(f'[data-json="{name}"]')
+        expect(value.locator("pre")).not_to_be_visible()
+        value.locator("summary").click()
+        expect(value.locator("pre")).to_contain_text(text)
+    screenshot(page, "session-chain")
+
+
 def test_a_client_key_sees_no_admin_actions_and_an_admin_can_drain_and_deregister(
     fleet: AgentFleet, server: ServerProcess, agent_key: str, browser: BrowserContext, page: Page,
     tmp_path_factory: pytest.TempPathFactory,
@@ -303,3 +335,16 @@ def test_a_bad_filter_gets_the_servers_field_message(server: ServerProcess, page
     sign_in(page, server, server.admin_key, "#/tasks?session_id=not-a-session")
     alert = page.locator("#tasks .error-box")
     expect(alert).to_contain_text("session_id")
+
+
+def test_a_key_revoked_while_signed_in_signs_the_console_out(
+    server: ServerProcess, api: httpx.Client, page: Page
+) -> None:
+    created = api.post("/api/v1/keys", json={"name": "short-lived", "scopes": ["client"]}).json()
+    sign_in(page, server, created["secret"], "#/tasks")
+    expect(page.locator("#tasks table")).to_be_visible()
+    assert api.delete(f"/api/v1/keys/{created['id']}").status_code == 200
+    # The server may honour a revoked key from its cache for up to 5 s; the next refresh after is refused.
+    expect(page.get_by_role("alert")).to_contain_text("no longer accepts this API key")
+    expect(page.get_by_label("API key")).to_be_visible()
+    assert stored_key(page) is None
