@@ -68,6 +68,7 @@ def parse_retention(value: Any) -> float:
 
 
 Retention = Annotated[float, BeforeValidator(parse_retention)]
+DurationOrZero = Retention  # a duration, or 0 to turn the thing off
 
 
 def _split_list(value: Any) -> Any:
@@ -216,7 +217,7 @@ class Settings(BaseSettings):
     # How long the leases of an agent whose socket dropped wait for it to reconnect (to any replica) and
     # claim them, before they go back to the queue: a blip or a failover then runs nothing twice. 0 requeues
     # at once.
-    handover_grace: Duration = Field(
+    handover_grace: DurationOrZero = Field(
         default=5.0, validation_alias=AliasChoices("AGENTPLANE_HANDOVER_GRACE", "handover_grace")
     )
     reaper_interval: Duration = Field(
