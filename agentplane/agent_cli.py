@@ -8,6 +8,8 @@ import importlib
 import logging
 import signal
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -65,6 +67,11 @@ def add_parser(subparsers: Any) -> None:
         "--demo", action="store_true", help="serve the built-in demo handlers (agentplane.demo)"
     )
     agent.add_argument(
+        "--spec",
+        metavar="FILE",
+        help="run the model-backed agents a YAML file declares (docs/agents.md, examples/agents.yaml)",
+    )
+    agent.add_argument(
         "--drain-timeout", type=float, default=60.0, help="seconds the first Ctrl-C waits for tasks in hand"
     )
     agent.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -89,6 +96,18 @@ def load_handler(spec: str) -> tuple[str, Handler]:
         raise HandlerSpecError(f"--handler {spec!r}: {attribute} is not callable")
     handler: Handler = value
     return task_type.strip(), handler
+
+
+def build_agents(args: argparse.Namespace, key: str) -> list[Agent]:
+    if not args.spec:
+        return [build_agent(args, key)]
+    if args.demo or args.handler or args.model:
+        raise HandlerSpecError("--spec declares its agents: give it without --demo, --handler or --model")
+    from agentplane.providers.spec import build_agents as from_spec
+    from agentplane.providers.spec import load_spec
+
+    path = Path(args.spec)
+    return from_spec(load_spec(path), path, args.url or None, key)
 
 
 def build_agent(args: argparse.Namespace, key: str) -> Agent:
@@ -126,31 +145,37 @@ def build_agent(args: argparse.Namespace, key: str) -> Agent:
     return agent
 
 
-async def serve(agent: Agent, drain_timeout: float) -> None:
-    """Run until the agent stops; SIGINT/SIGTERM drain first (bounded), a second one stops at once."""
+async def serve(agents: Agent | Sequence[Agent], drain_timeout: float) -> None:
+    """Run until the agents stop; SIGINT/SIGTERM drain first (bounded), a second one stops at once."""
+    fleet = [agents] if isinstance(agents, Agent) else list(agents)
     loop = asyncio.get_running_loop()
-    shutdown: list[asyncio.Task[None]] = []
+    shutdown: list[asyncio.Task[Any]] = []
 
     async def drain_then_stop() -> None:
         print("agentplane: finishing tasks in hand; Ctrl-C again to stop now", file=sys.stderr, flush=True)
         try:
             async with asyncio.timeout(drain_timeout):
-                await agent.drain()
+                await asyncio.gather(*(agent.drain() for agent in fleet))
         except TimeoutError:
             logger.warning("tasks still running after %.0f s; stopping anyway", drain_timeout)
-        await agent.stop()
+        await stop_all()
+
+    async def stop_all() -> None:
+        await asyncio.gather(*(agent.stop() for agent in fleet))
 
     def on_signal() -> None:
         if not shutdown:
             shutdown.append(asyncio.create_task(drain_then_stop()))
         else:
-            shutdown.append(asyncio.create_task(agent.stop()))
+            shutdown.append(asyncio.create_task(stop_all()))
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
-        await agent.run()
+        # One agent refused for good (AgentRejected) ends the process: the others are stopped below.
+        await asyncio.gather(*(agent.run() for agent in fleet))
     finally:
+        await stop_all()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         for task in shutdown:
@@ -168,7 +193,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print("agentplane: --max-concurrency must be at least 1", file=sys.stderr)
         return 2
     try:
-        agent = build_agent(args, key)
+        agents = build_agents(args, key)
     except HandlerSpecError as exc:
         print(f"agentplane: {exc}", file=sys.stderr)
         return 2
@@ -185,7 +210,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         return 2
     configure_logging(args.log_level)
     try:
-        asyncio.run(serve(agent, args.drain_timeout))
+        asyncio.run(serve(agents, args.drain_timeout))
     except AgentRejected as exc:
         print(f"agentplane: {exc}", file=sys.stderr)
         return 1

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -243,3 +247,44 @@ async def test_a_payload_without_the_prompts_field_fails_for_good(
     assert task["error"]["code"] == "invalid_payload"
     assert task["error"]["retryable"] is False
     assert "'spec'" in task["error"]["message"]
+
+
+def start_agent_command(args: list[str], key: str, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "AGENTPLANE_"))}
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agentplane", "agent", *args],
+            env={**env, "AGENTPLANE_KEY": key}, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+async def test_the_shipped_example_runs_from_its_spec(
+    server: ServerProcess, standin: ProviderStandIn, tmp_path: Path
+) -> None:
+    """`agentplane agent --spec examples/agents.yaml`, pointed at the stand-in instead of Ollama."""
+    example = (Path(__file__).parents[2] / "examples" / "agents.yaml").read_text()
+    assert "base_url: http://127.0.0.1:11434/v1" in example
+    spec = tmp_path / "agents.yaml"
+    spec.write_text(example.replace("http://127.0.0.1:11434/v1", standin.openai_url))
+    key = server.create_key("agent", name="example")
+    args = ["--spec", str(spec), "--url", server.base_url]
+    process = start_agent_command(args, key, tmp_path / "agent.log")
+    try:
+        body = {
+            "type": "code-review",
+            "capabilities": ["code-review"],
+            "payload": {"language": "Python", "code": "def f(): pass"},
+        }
+        async with server.async_client() as client:
+            response = await client.post("/api/v1/tasks", json=body)
+        assert response.status_code == 201, response.text
+        task = await finished(server, response.json()["id"])
+        assert task["status"] == "succeeded", (task, (tmp_path / "agent.log").read_text())
+        assert task["agent_id"] == "code-generator-1"
+        assert task["result"]["text"] == "".join(ANSWER_WORDS)
+        request = standin.requests[-1]
+        assert request.body["model"] == "qwen2.5-coder:7b"
+        assert request.body["messages"][-1]["content"] == "Review this Python code:\n\ndef f(): pass"
+    finally:
+        process.terminate()
+        process.wait(15)
