@@ -23,6 +23,7 @@ from app.metrics import Metrics
 from app.openapi import install_openapi
 from app.probes import router as probes_router
 from app.ratelimit import RateLimit
+from app.replicas.router import router as replicas_router
 from app.runtime import Runtime
 from app.security import KeyCache
 from app.storable_params import StorableParams
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(tasks_router)
     api.include_router(sessions_router)
     api.include_router(usage_router)
+    api.include_router(replicas_router)
     app.include_router(api)
     app.include_router(probes_router)
     app.include_router(gateway_router)
