@@ -8,9 +8,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Sequence
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import raw
 from app.db.models import Assignment
 from app.tasks.lifecycle import OPEN_ASSIGNMENT, back_to_queue, finish
 from app.tasks.rows import TaskRow
@@ -25,8 +26,8 @@ _BACK = "SELECT id FROM agents WHERE id = ANY($1::text[]) AND status <> 'offline
 # Open leases whose agent has been offline (or gone) longer than the hand-over grace: nobody claimed them.
 _ABANDONED = """SELECT a.id FROM assignments a LEFT JOIN agents g ON g.id = a.agent_id
 WHERE a.status IN ('assigned', 'running')
-    AND (g.id IS NULL OR (g.status = 'offline' AND g.last_seen_at < now() - make_interval(secs => :grace)))
-ORDER BY a.id LIMIT :limit"""
+    AND (g.id IS NULL OR (g.status = 'offline' AND g.last_seen_at < now() - make_interval(secs => $1)))
+ORDER BY a.id LIMIT $2"""
 _OVERDUE = f"""{TaskRow.select()} WHERE status = 'pending' AND expires_at < $1
 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"""
 
@@ -167,7 +168,9 @@ async def reap(session: AsyncSession, *, limit: int = BATCH) -> Outcome:
 async def requeue_abandoned(session: AsyncSession, *, grace: float, limit: int = BATCH) -> Outcome:
     """Leases whose agent dropped more than ``grace`` seconds ago and did not reconnect to claim them go back
     to the queue (the attempt stays charged: the agent may have run it)."""
-    ids = list(await session.scalars(text(_ABANDONED), {"grace": grace, "limit": limit}))
+    await session.execute(select(1))  # begins the session's transaction, which the statement below joins
+    db = await raw.driver_of(session)
+    ids = [record["id"] for record in await db.fetch(_ABANDONED, grace, limit)]
     if not ids:
         return Outcome()
     return await requeue_open_assignments(

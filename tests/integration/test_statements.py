@@ -29,6 +29,8 @@ MODULES = (
     "app.tasks.recovery",
     "app.retention.purge",
     "app.agents.service",
+    "app.replicas.reconcile",
+    "app.runtime",
 )
 _SQL = re.compile(r"^\s*(WITH|SELECT|INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
 
