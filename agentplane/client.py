@@ -175,5 +175,8 @@ class Client:
     def get_session(self, session_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/sessions/{session_id}"))
 
+    def cancel_session(self, session_id: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/sessions/{session_id}/cancel"))
+
     def agents(self, **filters: Any) -> list[dict[str, Any]]:
         return list(self._call("GET", "/agents", params=filters)["items"])

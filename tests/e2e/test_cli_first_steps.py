@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -115,25 +114,43 @@ def test_the_url_may_be_the_agent_endpoint_and_the_key_is_one_variable(
 
 
 def test_session_watch_without_a_terminal_prints_progress_lines(
-    server: ServerProcess, demo_agent: AgentProcess, tmp_path: Path
+    server: ServerProcess, demo_agent: AgentProcess
 ) -> None:
     key = server.create_key("client")
     spec = {
+        "strategy": "chain",
         "task": {"type": "sleep", "capabilities": [], "payload": {}},
-        "params": {"steps": [{"name": "nap", "capability": "sleep", "type": "sleep", "input": {"ms": 1500}}]},
+        "params": {
+            "steps": [{"name": "nap", "capability": "sleep", "type": "sleep", "input": {"ms": 120_000}}]
+        },
     }
-    path = tmp_path / "spec.json"
-    path.write_text(json.dumps(spec))
     env = {"AGENTPLANE_URL": server.base_url, "AGENTPLANE_KEY": key}
-    created = agentplane("session", "run", "--strategy", "chain", "--file", str(path), env=env)
-    assert created.returncode == 0, created.stderr
-    session_id = json.loads(created.stdout)["id"]
-
-    done = agentplane("session", "watch", session_id, env=env)  # stderr is a pipe here, not a terminal
-
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"slept_ms": 1500}
-    lines = done.stderr.strip().splitlines()
-    assert lines[0].startswith(f"session {session_id} running"), done.stderr
-    assert lines[-1].startswith(f"session {session_id} succeeded"), done.stderr
-    assert "nap succeeded" in lines[-1]
+    with Client(server.base_url, key) as client:
+        session_id = client.create_session(spec)["id"]
+        eventually(
+            lambda: [s for s in client.get_session(session_id)["subtasks"] if s["status"] == "running"],
+            timeout=30,
+        )
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "AGENTPLANE_"))}
+        # stderr is a pipe here, not a terminal. In order: the watch shows the running session, then the
+        # session is cancelled, then the watch shows that and ends.
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "agentplane", "session", "watch", session_id],
+            env={**clean, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert watch.stderr is not None
+            first = watch.stderr.readline()
+            assert first.startswith(f"session {session_id} running"), first
+            assert "nap running" in first
+            client.cancel_session(session_id)
+            out, rest = watch.communicate(timeout=60)
+        finally:
+            watch.kill()
+    assert watch.returncode == 1
+    assert json.loads(out)["status"] == "cancelled"
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith(f"session {session_id} cancelled"), rest
