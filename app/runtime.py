@@ -15,6 +15,7 @@ from app.collab.runner import SessionRunner
 from app.collab.strategies import STRATEGIES
 from app.config import Settings
 from app.db import raw
+from app.db.outage import report_failure
 from app.db.models import CollabSession, Replica, Task
 from app.dispatch.bus import Bus, asyncpg_dsn
 from app.dispatch.dispatcher import Dispatcher
@@ -243,5 +244,5 @@ class Runtime:
             await asyncio.sleep(seconds)
             try:
                 await work()
-            except Exception:
-                logger.exception("periodic job failed")
+            except Exception as exc:  # an outage is logged once (app.db.outage), not every round
+                report_failure(logger, exc, "periodic job failed")
