@@ -18,6 +18,7 @@ from app.errors import ErrorBoundary, install_error_handlers
 from app.gateway.endpoint import router as gateway_router
 from app.interop import Interop
 from app.keys.router import router as keys_router
+from app.keys.router import self_router as me_router
 from app.limits import BodySizeLimit
 from app.metrics import Metrics
 from app.openapi import install_openapi
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     api = APIRouter(prefix="/api/v1")
     api.include_router(keys_router)
+    api.include_router(me_router)
     api.include_router(agents_router)
     api.include_router(tasks_router)
     api.include_router(sessions_router)

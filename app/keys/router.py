@@ -22,12 +22,16 @@ async def list_keys(session: SessionDep, _: AdminDep) -> KeyList:
     return KeyList(items=[KeyOut.model_validate(key) for key in await service.list_keys(session)])
 
 
-@router.get("/me", response_model=KeySelf)
-async def own_key(principal: ReaderDep) -> KeySelf:
-    # Any valid key may ask what it may do (the console shows only what the key allows); 401 otherwise.
-    return KeySelf.of(principal)
-
-
 @router.delete("/{key_id}", response_model=KeyOut)
 async def revoke_key(key_id: uuid.UUID, session: SessionDep, _: AdminDep) -> KeyOut:
     return KeyOut.model_validate(await service.revoke_key(session, key_id=key_id))
+
+
+# Outside /keys: `/keys/me` would share its path with `DELETE /keys/{key_id}`, which reads "me" as a bad id.
+self_router = APIRouter(tags=["keys"])
+
+
+@self_router.get("/me", response_model=KeySelf)
+async def own_key(principal: ReaderDep) -> KeySelf:
+    # Any valid key may ask what it may do (the console shows only what the key allows); 401 otherwise.
+    return KeySelf.of(principal)

@@ -331,6 +331,25 @@ def test_usage_charts_over_a_window(
     screenshot(page, "usage")
 
 
+def test_a_filtered_task_list_pages_by_cursor(server: ServerProcess, api: httpx.Client, page: Page) -> None:
+    tasks = [{"type": "paged", "capabilities": ["nobody-has-it"], "payload": {"n": n}} for n in range(60)]
+    assert api.post("/api/v1/tasks:batch", json={"tasks": tasks}).status_code == 201
+    sign_in(page, server, server.admin_key, "#/tasks?type=paged&status=pending")
+    rows = page.locator("#tasks tr[data-task-id]")
+    expect(rows).to_have_count(50)
+    expect(page.locator('select[name="status"]')).to_have_value("pending")
+    newer, older = page.get_by_role("button", name="← Newer"), page.get_by_role("button", name="Older →")
+    expect(newer).to_be_disabled()
+    first_page = set(rows.evaluate_all("rows => rows.map(row => row.dataset.taskId)"))
+    older.click()
+    expect(rows).to_have_count(10)
+    expect(older).to_be_disabled()
+    second_page = set(rows.evaluate_all("rows => rows.map(row => row.dataset.taskId)"))
+    assert not first_page & second_page
+    newer.click()
+    expect(rows).to_have_count(50)
+
+
 def test_a_bad_filter_gets_the_servers_field_message(server: ServerProcess, page: Page) -> None:
     sign_in(page, server, server.admin_key, "#/tasks?session_id=not-a-session")
     alert = page.locator("#tasks .error-box")

@@ -27,8 +27,10 @@ function render() {
 export function poll(name, interval, fn) {
   let stopped = false;
   let timer = null;
+  let again = false; // asked for while a call was in flight: run once more as soon as it settles
   async function tick() {
     timer = null;
+    again = false;
     if (stopped) return;
     if (!document.hidden) {
       try {
@@ -38,11 +40,14 @@ export function poll(name, interval, fn) {
         if (!stopped) report(name, error?.status === 0 ? "offline" : "reconnecting");
       }
     }
-    if (!stopped) timer = setTimeout(tick, interval);
+    if (!stopped) timer = setTimeout(tick, again ? 0 : interval);
   }
   tick();
   return {
     stop() { stopped = true; clearTimeout(timer); report(name, null); },
-    now() { if (timer !== null) { clearTimeout(timer); tick(); } },
+    now() {
+      if (timer === null) again = true;
+      else { clearTimeout(timer); tick(); }
+    },
   };
 }

@@ -90,7 +90,7 @@ async function start() {
     return;
   }
   try {
-    signedIn(await api("/keys/me"));
+    signedIn(await api("/me"));
   } catch (error) {
     signOut(signin.messageFor(error));
   }

@@ -14,10 +14,11 @@ export function pagedList(root, { name, path, query, limit = 50, interval = 2000
   root.append(body, pager);
 
   const poller = poll(name, interval, async () => {
+    const shown = page;
     let data;
     let extra;
     try {
-      data = await api(path, { query: { ...query, limit, cursor: cursors[page] } });
+      data = await api(path, { query: { ...query, limit, cursor: cursors[shown] } });
       extra = enrich ? await enrich(data.items) : undefined;
     } catch (error) {
       // A refused filter will be refused again: say why once and stop asking.
@@ -28,6 +29,7 @@ export function pagedList(root, { name, path, query, limit = 50, interval = 2000
       }
       throw error;
     }
+    if (shown !== page) return; // the user turned the page meanwhile: this answer is for the old one
     const json = JSON.stringify([data, extra]);
     if (json === last) return; // unchanged: keep the DOM (and whatever the user is pointing at) as it is
     last = json;

@@ -29,7 +29,7 @@ export function render(root, { onSignedIn, message }) {
     auth.set(key);
     replace(status, h("span", { class: "muted" }, "Checking the key…"));
     try {
-      const me = await api("/keys/me");
+      const me = await api("/me");
       onSignedIn(me);
     } catch (error) {
       auth.clear();
