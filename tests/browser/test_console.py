@@ -205,6 +205,28 @@ def test_watch_a_map_reduce_sessions_chunks_complete(
     screenshot(page, "session-map-reduce")
 
 
+def test_cancel_a_running_session(
+    fleet: AgentFleet, server: ServerProcess, api: httpx.Client, page: Page
+) -> None:
+    session_id = create_session(
+        api,
+        {
+            "strategy": "map_reduce",
+            "task": {"type": "slow-word-count", "capabilities": ["text"],
+                     "payload": {"lines": ["a b", "c d"], "delay_ms": 60_000}},
+            "params": {"split_field": "lines", "chunk_size": 1},
+        },
+    )  # fmt: skip
+    sign_in(page, server, server.admin_key, f"#/sessions/{session_id}")
+    expect(page.locator("#session .badge").first).to_have_text("running")
+    cancel = page.locator('#session button[data-action="cancel"]')
+    cancel.click()
+    cancel.click()
+    expect(page.locator("#session .badge").first).to_have_text("cancelled")
+    expect(page.locator(".chunk[data-status=cancelled]")).to_have_count(2)
+    assert api.get(f"/api/v1/sessions/{session_id}").json()["status"] == "cancelled"
+
+
 def test_watch_a_consensus_sessions_answers(
     fleet: AgentFleet, server: ServerProcess, api: httpx.Client, page: Page
 ) -> None:
