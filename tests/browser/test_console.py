@@ -48,12 +48,13 @@ def fleet(
 
 
 @pytest.fixture
-def page(browser: BrowserContext) -> Iterator[Page]:
+def page(browser: BrowserContext, request: pytest.FixtureRequest) -> Iterator[Page]:
     page = browser.new_page()  # a new tab: its own sessionStorage, so no key carries over between tests
     page.set_default_timeout(WAIT)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     yield page
+    screenshot(page, request.node.name)  # every test leaves the page as it ended, passed or failed
     page.close()
     assert errors == [], f"uncaught errors in the console: {errors}"
 

@@ -64,7 +64,7 @@ export function render(root, { id }) {
       h("div", { class: "row" }, h("h1", {}, `Session ${session.strategy}`), badge(session.status),
         h("code", {}, session.id), h("span", { class: "spacer" }), actions),
       facts([
-        ["Task", `${session.task.type} · ${(session.task.capabilities || []).join(", ")}`],
+        ["Task", [session.task.type, ...(session.task.capabilities || [])].join(" · ")],
         ["Participants", session.participants.length ? session.participants.join(", ") : "any capable agent"],
         ["Cost", h("span", { id: "budget" }, session.budget ? meter(session.cost, session.budget, { wide: true }) : null,
           `${cost(session.cost)}${session.budget ? ` of ${cost(session.budget)} budget` : " (no budget)"}`)],
