@@ -8,6 +8,7 @@ format (``30s``, ``5m``, ``1h``, ``250ms``; ``7d`` too) or plain seconds and are
 
 from __future__ import annotations
 
+import base64
 import difflib
 import os
 import re
@@ -382,6 +383,23 @@ class Settings(BaseSettings):
         default_factory=list,
         validation_alias=AliasChoices("AGENTPLANE_INTEROP_ALLOWED_HOSTS", "interop_allowed_hosts"),
     )
+
+    # A2A agents in the fleet (app.interop.a2a_registry): the Fernet key (urlsafe base64 of 32 bytes, e.g.
+    # from `cryptography.fernet.Fernet.generate_key()`) that encrypts their stored headers. Unset: headers
+    # given in clear are refused; only {"env": NAME} references are stored.
+    a2a_credentials_key: SecretStr | None = _env("AGENTPLANE_A2A_CREDENTIALS_KEY", "a2a_credentials_key")
+
+    @field_validator("a2a_credentials_key")
+    @classmethod
+    def _check_fernet_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                raw = base64.urlsafe_b64decode(value.get_secret_value().encode())
+            except ValueError:
+                raw = b""
+            if len(raw) != 32:
+                raise ValueError("must be a Fernet key: urlsafe base64 of 32 bytes")
+        return value
 
     @field_validator("replica_id")
     @classmethod

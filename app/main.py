@@ -17,6 +17,7 @@ from app.docs_ui import install_docs
 from app.errors import ErrorBoundary, install_error_handlers
 from app.gateway.endpoint import router as gateway_router
 from app.interop import Interop
+from app.interop.a2a_registry import router as a2a_agents_router
 from app.keys.router import router as keys_router
 from app.keys.router import self_router as me_router
 from app.limits import BodySizeLimit
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = APIRouter(prefix="/api/v1")
     api.include_router(keys_router)
     api.include_router(me_router)
+    api.include_router(a2a_agents_router)  # POST /agents/a2a, before /agents/{agent_id} routes
     api.include_router(agents_router)
     api.include_router(tasks_router)
     api.include_router(sessions_router)

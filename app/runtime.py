@@ -15,8 +15,8 @@ from app.collab.runner import SessionRunner
 from app.collab.strategies import STRATEGIES
 from app.config import Settings
 from app.db import raw
-from app.db.outage import report_failure
 from app.db.models import CollabSession, Replica, Task
+from app.db.outage import report_failure
 from app.dispatch.bus import Bus, asyncpg_dsn
 from app.dispatch.dispatcher import Dispatcher
 from app.dispatch.effects import Effects
@@ -27,6 +27,7 @@ from app.errors import CloseCode
 from app.gateway.endpoint import Gateway
 from app.gateway.hub import Hub
 from app.health.monitor import HealthMonitor
+from app.interop.a2a_registry import A2AAgents
 from app.metrics import Metrics
 from app.replicas.identity import ReplicaIdentity
 from app.replicas.reconcile import reconcile
@@ -90,6 +91,14 @@ class Runtime:
             settings=settings, sessionmaker=sessionmaker, signals=self.signals, metrics=metrics
         )
         self.retention = Retention(settings=settings, engine=engine)
+        # A2A agents this replica owns: connections in the hub like sockets, their frames through the batcher.
+        self.a2a_agents = A2AAgents(
+            settings=settings,
+            sessionmaker=sessionmaker,
+            hub=self.hub,
+            effects=self.effects,
+            batcher=self.gateway.batcher,
+        )
         self.resync = CapacityResync(sessionmaker=sessionmaker, fleet=self.fleet)
         self.intake = Intake(engine=engine, settings=settings, placer=self.dispatcher)
         self.identity = ReplicaIdentity(asyncpg_dsn(settings.database_url), settings.replica_id)
@@ -114,6 +123,7 @@ class Runtime:
             self.sessions,
             self.retention,
             self.resync,
+            self.a2a_agents,
         ):
             await service.start()
         self._loops = [
@@ -151,6 +161,7 @@ class Runtime:
             self.reaper.stop(),
             self.dispatcher.stop(),
             self.bus.stop(),
+            self.a2a_agents.stop(),
             return_exceptions=True,
         )
         await self.gateway.stop()  # last: frames still queued are unacknowledged, so agents resend them

@@ -45,6 +45,13 @@ class AgentStatus(StrEnum):
     ERROR = "error"
 
 
+class AgentTransport(StrEnum):
+    """How the control plane reaches an agent: its WebSocket, or A2A calls from the owner replica."""
+
+    WEBSOCKET = "websocket"
+    A2A = "a2a"
+
+
 class SessionStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"

@@ -56,6 +56,7 @@ def to_out(agent: Agent, active_tasks: int) -> AgentOut:
         name=agent.name,
         model=agent.model,
         status=shown_status(agent, active_tasks),
+        transport=agent.transport,
         capabilities=agent.capabilities,
         max_concurrency=agent.max_concurrency,
         replica_id=agent.replica_id,

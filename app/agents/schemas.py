@@ -24,6 +24,7 @@ class AgentOut(BaseModel):
     name: str
     model: str
     status: AgentStatusName
+    transport: Literal["websocket", "a2a"] = "websocket"  # a2a: called by the server (docs/interop.md)
     capabilities: list[dict[str, Any]]
     max_concurrency: int
     replica_id: str | None

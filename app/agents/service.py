@@ -39,7 +39,7 @@ class RegisteredAgent:
 # Registration is two statements besides the transaction's own: one read (the current owner and replica, and
 # whether the id still holds open work) and one write (the agent and its capability index). A reconnect storm
 # of thousands of agents runs these thousands of times a minute, so they are fixed asyncpg statements.
-_EXISTING = """SELECT replica_id, status, owner_key_id,
+_EXISTING = """SELECT replica_id, status, owner_key_id, transport,
     EXISTS (SELECT 1 FROM assignments WHERE agent_id = $1 AND status IN ('assigned', 'running')) AS holds_work
 FROM agents WHERE id = $1"""
 # A reconnect refreshes the row, bumps its version and keeps its first owner. The capability index is replaced
@@ -47,8 +47,8 @@ FROM agents WHERE id = $1"""
 # names that stay are updated in place and only names that went are deleted.
 _UPSERT = """WITH agent AS (
     INSERT INTO agents (id, name, model, capabilities, max_concurrency, replica_id, owner_key_id, status,
-        connected_at, last_seen_at, health_failures)
-    VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, 'active', now(), now(), 0)
+        connected_at, last_seen_at, health_failures, transport)
+    VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, 'active', now(), now(), 0, $11)
     ON CONFLICT (id) DO UPDATE SET name = excluded.name, model = excluded.model,
         capabilities = excluded.capabilities, max_concurrency = excluded.max_concurrency,
         replica_id = excluded.replica_id, status = excluded.status, connected_at = excluded.connected_at,
@@ -84,10 +84,12 @@ async def register(
     key_id: uuid.UUID | None,
     admin: bool,
     undelivered: Collection[uuid.UUID] = (),
+    transport: str = "websocket",
 ) -> RegisteredAgent:
     """Upsert the agent for this connection. An agent id belongs to the key that first registered it: another
     agent key cannot take it over (and so act for it); an admin key can. ``undelivered``: assignments of the
-    previous connection whose `assign` never reached its socket; requeued, they cost their task no attempt."""
+    previous connection whose `assign` never reached its socket; requeued, they cost their task no attempt.
+    An id keeps its transport: a socket cannot take over an A2A agent's id, whatever its key."""
     if allowed_models and frame.model not in allowed_models:
         raise AgentRejected(
             CloseCode.MODEL_NOT_ALLOWED,
@@ -99,6 +101,10 @@ async def register(
     existing = await db.fetchrow(_EXISTING, agent_id)
     if existing is not None and existing["owner_key_id"] not in (None, key_id) and not admin:
         raise AgentRejected(CloseCode.UNAUTHORIZED, f"agent id {agent_id!r} is registered to another API key")
+    if existing is not None and existing["transport"] != transport:
+        raise AgentRejected(
+            CloseCode.UNAUTHORIZED, f"agent id {agent_id!r} is an agent reached over {existing['transport']}"
+        )
     previous_replica = (
         existing["replica_id"] if existing is not None and existing["status"] != "offline" else None
     )
@@ -136,6 +142,7 @@ async def register(
         [cap.name for cap in capabilities],
         [cap.type for cap in capabilities],
         [cap.version for cap in capabilities],
+        transport,
     )
     if previous_replica is not None and previous_replica != replica_id:
         await notify(session, {"k": "replace", "agent": agent_id, "replica": replica_id})

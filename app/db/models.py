@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base
-from app.statuses import AgentStatus, AssignmentStatus, SessionStatus, TaskStatus, check_sql
+from app.statuses import AgentStatus, AgentTransport, AssignmentStatus, SessionStatus, TaskStatus, check_sql
 
 Json = dict[str, Any]
 
@@ -36,7 +36,10 @@ def _now() -> Any:
 
 class Agent(Base):
     __tablename__ = "agents"
-    __table_args__ = (CheckConstraint(check_sql("status", AgentStatus), name="status"),)
+    __table_args__ = (
+        CheckConstraint(check_sql("status", AgentStatus), name="status"),
+        CheckConstraint(check_sql("transport", AgentTransport), name="transport"),
+    )
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
     name: Mapped[str] = mapped_column(Text, nullable=False)
@@ -57,6 +60,21 @@ class Agent(Base):
     cost_incurred: Mapped[float] = mapped_column(Double, nullable=False, server_default=text("0"))
     created_at: Mapped[datetime] = _now()
     version: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
+    transport: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'websocket'"))
+
+
+class A2AAgent(Base):
+    """What an A2A agent's owner replica needs to reach it again after a restart (app.interop.a2a_registry).
+    ``headers`` maps each header name to ``{"enc": <Fernet token>}`` or ``{"env": <variable name>}``: never
+    the credential in clear."""
+
+    __tablename__ = "a2a_agents"
+
+    agent_id: Mapped[str] = mapped_column(Text, ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True)
+    card_url: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    headers: Mapped[Json] = mapped_column(JSONB, nullable=False, server_default=text("'{}'"))
+    replica_id: Mapped[str | None] = mapped_column(Text, index=True)  # the owner: it holds the "connection"
+    created_at: Mapped[datetime] = _now()
 
 
 class AgentCapability(Base):

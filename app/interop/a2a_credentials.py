@@ -1,0 +1,66 @@
+"""An A2A agent's headers as stored: each one encrypted (Fernet, with AGENTPLANE_A2A_CREDENTIALS_KEY) or a
+reference to an environment variable of the server (``{"env": NAME}``). Nothing here logs a value, and
+nothing returns a stored form to a client: the API shows neither."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+from pydantic import SecretStr
+
+ENC = "enc"
+ENV = "env"
+
+
+class CredentialError(Exception):
+    """A header cannot be stored or resolved; ``field`` names it (``headers.Authorization``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _fernet(key: SecretStr | None) -> Fernet | None:
+    return Fernet(key.get_secret_value().encode()) if key is not None else None
+
+
+def seal(headers: dict[str, str | dict[str, str]], key: SecretStr | None) -> dict[str, dict[str, str]]:
+    """The stored form of the headers a client gave: a literal value encrypted, a reference kept."""
+    fernet = _fernet(key)
+    stored: dict[str, dict[str, str]] = {}
+    for name, value in headers.items():
+        if isinstance(value, dict):
+            stored[name] = {ENV: value[ENV]}
+            continue
+        if fernet is None:
+            raise CredentialError(
+                f"headers.{name}",
+                "the server has no AGENTPLANE_A2A_CREDENTIALS_KEY, so it will not store a credential; "
+                'give {"env": "NAME"} naming an environment variable of the server instead',
+            )
+        stored[name] = {ENC: fernet.encrypt(value.encode()).decode()}
+    return stored
+
+
+def resolve(stored: dict[str, Any], key: SecretStr | None) -> dict[str, str]:
+    """The headers to send, from their stored form."""
+    fernet = _fernet(key)
+    headers: dict[str, str] = {}
+    for name, ref in stored.items():
+        field = f"headers.{name}"
+        if ENV in ref:
+            value = os.environ.get(ref[ENV])
+            if value is None:
+                raise CredentialError(field, f"the environment variable {ref[ENV]} is not set on the server")
+            headers[name] = value
+            continue
+        if fernet is None:
+            raise CredentialError(field, "stored encrypted, but AGENTPLANE_A2A_CREDENTIALS_KEY is not set")
+        try:
+            headers[name] = fernet.decrypt(str(ref[ENC]).encode()).decode()
+        except InvalidToken:
+            raise CredentialError(field, "cannot be decrypted with AGENTPLANE_A2A_CREDENTIALS_KEY") from None
+    return headers
