@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from app.gateway.channel import AgentChannel
 
 logger = logging.getLogger(__name__)
+# The SDK logs every card it fetches, whole, at INFO: with a fetch per health round that floods the log.
+logging.getLogger("a2a.client.card_resolver").setLevel(logging.WARNING)
 
 POLL_INTERVAL = 0.5  # seconds between GetTask calls for an agent that does not stream
 CANCEL_TIMEOUT = 10.0  # seconds a CancelTask may take before the call in flight is dropped anyway
@@ -201,7 +203,8 @@ class A2AConnection(Connection):
         try:
             await A2ACardResolver(self.http, self.card_url).get_agent_card(relative_card_path="/")
         except A2AClientError as exc:
-            logger.info("A2A card fetch failed: %s", str(exc)[:300], extra={"agent_id": self.agent_id})
+            # The monitor logs the agent going unhealthy; a line per missed round would only repeat it.
+            logger.debug("A2A card fetch failed: %s", str(exc)[:300], extra={"agent_id": self.agent_id})
             return
         self.pong(nonce)
 

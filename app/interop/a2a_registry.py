@@ -130,6 +130,7 @@ class A2AAgents(BackgroundService):
         self.effects = effects
         self.batcher = batcher
         self.connections: dict[str, A2AConnection] = {}
+        self._unreachable: set[str] = set()  # agents whose failed attach was logged
 
     async def run(self) -> None:
         while True:
@@ -340,8 +341,11 @@ class A2AAgents(BackgroundService):
             headers = a2a_credentials.resolve(stored, self.settings.a2a_credentials_key)
             http, card, client = await self._open(card_url, headers)
         except (a2a_credentials.CredentialError, CardProblem) as exc:
-            logger.info("A2A agent not attached: %s", str(exc)[:300], extra={"agent_id": agent_id})
+            if agent_id not in self._unreachable:  # once until it is attached again, not every sweep
+                self._unreachable.add(agent_id)
+                logger.warning("A2A agent not attached: %s", str(exc)[:300], extra={"agent_id": agent_id})
             return False
+        self._unreachable.discard(agent_id)
         try:
             names, _ = capabilities_of(card)
             frame = self._register_frame(agent_id, card, names or ["a2a"], model, max_concurrency)
