@@ -315,3 +315,34 @@ def test_the_stand_in_needs_its_token(tmp_path: Path) -> None:
         assert httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).status_code == 200
     finally:
         standin.kill()
+
+
+async def test_the_registration_outlives_its_replica_restarted_or_gone(
+    fresh_database_url: str, tmp_path: Path, standin: StandIn
+) -> None:
+    """Its replica re-attaches it after a crash and restart; when that replica is gone, another takes it."""
+    a, b = (
+        ServerProcess(fresh_database_url, env=dict(SERVER_ENV), log_dir=tmp_path).start() for _ in range(2)
+    )
+    try:
+        response = await register(a, standin.base_url, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 201, response.text
+        a2a_id = response.json()["id"]
+
+        async def held_by(server: ServerProcess) -> bool:
+            shown = await agent(b, a2a_id)
+            return bool(shown["status"] == "active" and shown["replica_id"] == f"test-{server.port}")
+
+        assert await held_by(a)
+        a.kill()  # a crash: its row in `replicas` stays until the others time it out (20 s)
+        a.start()
+        await eventually_async(lambda: held_by(a), timeout=20)
+        a.stop()  # a clean stop leaves `replicas`: the other replica takes the agent over at its next sweep
+        await eventually_async(lambda: held_by(b), timeout=20)
+        [task_id] = await submit(b, 1, delay_ms=0, agent_ids=[a2a_id])
+        [done] = await finished(b, [task_id])
+        assert done["status"] == "succeeded"
+        assert done["result"] == {"words": 5}
+    finally:
+        a.kill()
+        b.kill()
