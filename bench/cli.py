@@ -48,6 +48,11 @@ def add_parser(subparsers: Any) -> None:
     bench.add_argument("--agent-concurrency", type=int, help="max_concurrency each agent registers with")
     bench.add_argument("--baseline", choices=["ws-echo"], help="also measure a bare WebSocket echo server")
     bench.add_argument("--url", help="use this running server (admin key from AGENTPLANE_ADMIN_KEY)")
+    bench.add_argument(
+        "--agents-url",
+        help="with --url: the agents connect to this other replica of the same database, so every task is "
+        "submitted and waited on one replica and run through another",
+    )
     bench.add_argument("--json-only", action="store_true", help="print only the JSON record")
     bench.add_argument("--keep-logs", action="store_true", help="keep the server's and agents' logs")
     bench.add_argument("--no-save", action="store_true", help="do not write the record to bench/results/")
@@ -86,8 +91,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     record = records.new_record(scenario, quick=args.quick)
     started = time.monotonic()
     try:
-        runner = run_idle if scenario.name == "idle" else run_tasks
-        runner(scenario, record, url=args.url, log_dir=log_dir)
+        if args.agents_url and not args.url:
+            raise ValueError("--agents-url needs --url (two running replicas of one database)")
+        if scenario.name == "idle":
+            run_idle(scenario, record, url=args.url, log_dir=log_dir)
+        else:
+            run_tasks(scenario, record, url=args.url, agents_url=args.agents_url, log_dir=log_dir)
         if args.baseline == "ws-echo":
             say("measuring the ws-echo baseline")
             connections = min(scenario.agents, 1000)  # idle's 10,000 would measure connects, not echoes

@@ -164,7 +164,12 @@ def summarize_run(record: dict[str, Any], measured: Measured, fleet: FleetReport
 
 
 def run_tasks(
-    scenario: Scenario, record: dict[str, Any], *, url: str | None, log_dir: Path
+    scenario: Scenario,
+    record: dict[str, Any],
+    *,
+    url: str | None,
+    log_dir: Path,
+    agents_url: str | None = None,
 ) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         started = time.monotonic()
@@ -178,8 +183,11 @@ def run_tasks(
         agent_key = server.create_key("agent", "bench agents")
         client_key = server.create_key("client", "bench client")
         say(f"starting {scenario.agents} agents in {scenario.procs} processes")
+        # Another replica for the agents: the tasks cross replicas (submitted here, run there).
+        agents_server = servers.attach(agents_url) if agents_url else server
+        record["cross_replica"] = agents_server is not server
         fleet = Fleet(
-            ws_url=server.ws_url,
+            ws_url=agents_server.ws_url,
             key=agent_key,
             agents=scenario.agents,
             procs=scenario.procs,

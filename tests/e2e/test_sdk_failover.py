@@ -133,7 +133,6 @@ def test_a_cut_socket_does_not_cancel_the_running_handler(socket_cut: CutRecord)
     assert socket_cut.unacked_left == 0  # every result sent after the reconnect was acknowledged
 
 
-@pytest.mark.xfail(strict=False, reason="server hand-over pending")
 def test_a_cut_socket_runs_the_task_exactly_once(socket_cut: CutRecord) -> None:
     first = socket_cut.runs.started[0]
     assert socket_cut.runs.started == [first]
