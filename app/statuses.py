@@ -43,6 +43,7 @@ class AgentStatus(StrEnum):
     UNHEALTHY = "unhealthy"
     OFFLINE = "offline"
     ERROR = "error"
+    QUARANTINED = "quarantined"  # its leases lapsed too often in a row: skipped by routing until a cool-down
 
 
 class AgentTransport(StrEnum):

@@ -61,6 +61,13 @@ class Agent(Base):
     created_at: Mapped[datetime] = _now()
     version: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
     transport: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'websocket'"))
+    # The task types it handles (register's task_types); NULL: any type.
+    task_types: Mapped[list[str] | None] = mapped_column(JSONB)
+    # Leases lapsed or work lost in a row; a success resets it. Enough of them quarantine the agent until
+    # quarantined_until (app.agents.record).
+    consecutive_lapses: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    quarantined_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_health_check_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class A2AAgent(Base):
@@ -201,6 +208,10 @@ class Task(Base):
     strategy: Mapped[str | None] = mapped_column(Text)
     max_cost: Mapped[float | None] = mapped_column(Double)
     estimated_tokens: Mapped[int | None] = mapped_column(Integer)
+    # Capability name -> the lowest version an agent may declare for it (compared as dotted numbers).
+    min_versions: Mapped[dict[str, str] | None] = mapped_column(JSONB)
+    # Models tried in order once attempts on `model` have failed (app.routing.strategies.model_for_attempt).
+    fallback_models: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
     # When set, only these agents may take the task (session participants, or a client's pin).
     agent_ids: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
     agent_id: Mapped[str | None] = mapped_column(Text, index=True)
