@@ -154,3 +154,37 @@ def test_session_watch_without_a_terminal_prints_progress_lines(
     assert json.loads(out)["status"] == "cancelled"
     last = rest.strip().splitlines()[-1]
     assert last.startswith(f"session {session_id} cancelled"), rest
+
+
+@pytest.mark.parametrize("form", ["http", "ws", "list"])
+def test_the_agent_command_reads_agentplane_url(server: ServerProcess, form: str) -> None:
+    """`agentplane agent` without --url finds a server on a non-default port through $AGENTPLANE_URL alone:
+    the http base, the ws endpoint, or a comma list whose first entry is down."""
+    assert server.port != 8080
+    url = {
+        "http": server.base_url,
+        "ws": server.ws_url,
+        "list": f"http://127.0.0.1:{free_port()},{server.base_url}",
+    }[form]
+    agent_id = f"env-url-{form}"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "AGENTPLANE_"))}
+    env = {**clean, "AGENTPLANE_URL": url, "AGENTPLANE_KEY": server.create_key("agent")}
+    command = ["agent", "--demo", "--agent-id", agent_id, "--log-level", "warning"]
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agentplane", *command],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with Client(server.base_url, server.admin_key) as client:
+            registered = eventually(
+                lambda: [a for a in client.agents() if a["id"] == agent_id and a["status"] == "active"],
+                timeout=30,
+            )
+        assert registered[0]["name"] == "agentplane demo agent"
+    finally:
+        agent.terminate()
+        _, stderr = agent.communicate(timeout=15)
+    assert "Traceback" not in stderr, stderr
