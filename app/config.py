@@ -91,7 +91,10 @@ _YAML_PATHS: dict[tuple[str, ...], str] = {
     ("agents", "manager", "queue_timeout"): "queue_timeout",
     ("agents", "manager", "max_attempts"): "max_attempts",
     ("agents", "manager", "max_message_bytes"): "max_message_bytes",
+    ("agents", "manager", "quarantine_after"): "quarantine_after",
+    ("agents", "manager", "quarantine_cooldown"): "quarantine_cooldown",
     ("agents", "routing", "strategy"): "routing_strategy",
+    ("agents", "routing", "fallback_after"): "fallback_after",
     ("agents", "routing", "weights", "capability"): "routing_weight_capability",
     ("agents", "routing", "weights", "performance"): "routing_weight_performance",
     ("agents", "routing", "weights", "load"): "routing_weight_load",
@@ -279,6 +282,17 @@ class Settings(BaseSettings):
     )
     health_check_timeout: Duration = Field(
         default=10.0, validation_alias=AliasChoices("AGENT_HEALTH_CHECK_TIMEOUT", "health_check_timeout")
+    )
+    # Leases lapsed (or work lost with the agent) in a row before an agent is quarantined; 0: never.
+    quarantine_after: int = Field(
+        default=3, ge=0, le=1000, validation_alias=AliasChoices("AGENT_QUARANTINE_AFTER", "quarantine_after")
+    )
+    quarantine_cooldown: Duration = Field(
+        default=300.0, validation_alias=AliasChoices("AGENT_QUARANTINE_COOLDOWN", "quarantine_cooldown")
+    )
+    # Attempts charged on a task's first model before its fallback_models are tried, one attempt each.
+    fallback_after: int = Field(
+        default=1, ge=1, le=100, validation_alias=AliasChoices("AGENT_FALLBACK_AFTER", "fallback_after")
     )
     max_concurrent_tasks: int = Field(
         default=10,

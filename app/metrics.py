@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Every status `mcp_agents_active` shows, `busy` (derived) included: each model reads 0 for a status it has
 # no agent in, so a dashboard or an alert sees a quiet fleet as 0 instead of a missing series.
-AGENT_STATUSES = ("registering", "active", "busy", "draining", "unhealthy", "offline", "error")
+AGENT_STATUSES = ("active", "busy", "draining", "unhealthy", "quarantined", "offline", "error")
 
 
 def exponential_buckets(start: float, factor: float, count: int) -> list[float]:

@@ -16,6 +16,8 @@ class Signals:
         self.work_seq = 0  # counts work_available(): the dispatcher tells new work from freed capacity
         self.join_seq = 0  # counts agent_joined(): worth a claim, but a burst of joins needs only one
         self.sessions = asyncio.Event()  # a task ended: a collaboration session may have a step to take
+        self.joined = asyncio.Event()  # newcomers is not empty: the health monitor checks them at once
+        self.newcomers: set[str] = set()
         self._task_waiters: dict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
 
     def work_available(self) -> None:
@@ -23,11 +25,20 @@ class Signals:
         self.work_seq += 1
         self.work.set()
 
-    def agent_joined(self) -> None:
+    def agent_joined(self, agent_id: str | None = None) -> None:
         """An agent connected: tasks only it can take may be waiting. A reconnect storm of thousands of agents
-        must not cost a claim each, so the dispatcher answers joins at most every JOIN_DEBOUNCE seconds."""
+        must not cost a claim each, so the dispatcher answers joins at most every JOIN_DEBOUNCE seconds.
+        ``agent_id``: a socket to health-check now rather than up to an interval later."""
         self.join_seq += 1
         self.work.set()
+        if agent_id is not None:
+            self.newcomers.add(agent_id)
+            self.joined.set()
+
+    def take_newcomers(self) -> set[str]:
+        newcomers, self.newcomers = self.newcomers, set()
+        self.joined.clear()
+        return newcomers
 
     def capacity_freed(self) -> None:
         """An agent has room again: worth a claim only if work is known to be waiting."""

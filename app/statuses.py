@@ -35,9 +35,9 @@ class AssignmentStatus(StrEnum):
 
 
 class AgentStatus(StrEnum):
-    """As stored; `busy` is derived when an active agent's slots are full (docs/decisions.md)."""
+    """As stored; `busy` is derived when an active agent's slots are full (docs/decisions.md). There is no
+    `registering`: registration is one transaction, so no reader could ever see it (docs/decisions.md)."""
 
-    REGISTERING = "registering"
     ACTIVE = "active"
     DRAINING = "draining"
     UNHEALTHY = "unhealthy"

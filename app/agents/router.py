@@ -44,6 +44,13 @@ async def drain_agent(agent_id: str, session: SessionDep, _: AdminDep) -> AgentO
     return await queries.get_agent(session, agent_id)
 
 
+@router.post("/agents/{agent_id}/release", response_model=AgentOut)
+async def release_agent(agent_id: str, session: SessionDep, _: AdminDep) -> AgentOut:
+    """End a quarantine (app.agents.service.release): the agent is offered work again."""
+    await service.release(session, agent_id)
+    return await queries.get_agent(session, agent_id)
+
+
 @router.delete("/agents/{agent_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def deregister_agent(agent_id: str, session: SessionDep, _: AdminDep) -> None:
     await service.deregister(session, agent_id)

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-AgentStatusName = Literal["registering", "active", "busy", "draining", "offline", "error", "unhealthy"]
+AgentStatusName = Literal["active", "busy", "draining", "offline", "error", "unhealthy", "quarantined"]
 
 
 class AgentMetricsOut(BaseModel):
@@ -26,10 +26,14 @@ class AgentOut(BaseModel):
     status: AgentStatusName
     transport: Literal["websocket", "a2a"] = "websocket"  # a2a: called by the server (docs/interop.md)
     capabilities: list[dict[str, Any]]
+    task_types: list[str] | None  # the task types it handles; null: any
     max_concurrency: int
     replica_id: str | None
     connected_at: datetime | None
     last_seen_at: datetime | None
+    last_health_check_at: datetime | None  # its last ping, answered or not
+    consecutive_lapses: int  # leases lapsed or work lost in a row; a success resets it
+    quarantined_until: datetime | None  # while quarantined: when it is offered work again
     created_at: datetime
     metrics: AgentMetricsOut
 

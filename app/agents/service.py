@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,6 +15,7 @@ from app.errors import AgentNotFound, AgentRejected, CloseCode, Conflict
 from app.gateway.protocol import Register
 from app.tasks import lifecycle, recovery
 from app.tasks.service import notify
+from app.tasks.work import Quarantine
 
 HEALTH_HISTORY = 100
 UNHEALTHY_AFTER = 3
@@ -34,6 +35,9 @@ class RegisteredAgent:
     version: int  # this registration's version of the agents row: a later one supersedes it
     held: tuple[uuid.UUID, ...] = ()  # leases it said it holds, moved to this connection
     released: tuple[uuid.UUID, ...] = ()  # ones it said it holds but lost meanwhile: the agent must stop them
+    status: str = "active"  # quarantined when it reconnects within its quarantine
+    task_types: frozenset[str] | None = None  # None: any type
+    versions: Mapping[str, str] = field(default_factory=dict)  # capability -> its declared version
 
 
 # Registration is two statements besides the transaction's own: one read (the current owner and replica, and
@@ -47,14 +51,18 @@ FROM agents WHERE id = $1"""
 # names that stay are updated in place and only names that went are deleted.
 _UPSERT = """WITH agent AS (
     INSERT INTO agents (id, name, model, capabilities, max_concurrency, replica_id, owner_key_id, status,
-        connected_at, last_seen_at, health_failures, transport)
-    VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, 'active', now(), now(), 0, $11)
+        connected_at, last_seen_at, health_failures, transport, task_types)
+    VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, 'active', now(), now(), 0, $11, $12::jsonb)
     ON CONFLICT (id) DO UPDATE SET name = excluded.name, model = excluded.model,
         capabilities = excluded.capabilities, max_concurrency = excluded.max_concurrency,
-        replica_id = excluded.replica_id, status = excluded.status, connected_at = excluded.connected_at,
+        replica_id = excluded.replica_id, connected_at = excluded.connected_at,
         last_seen_at = excluded.last_seen_at, health_failures = excluded.health_failures,
-        version = agents.version + 1, owner_key_id = coalesce(agents.owner_key_id, excluded.owner_key_id)
-    RETURNING name, model, max_concurrency, tasks_completed, tasks_failed, version
+        version = agents.version + 1, owner_key_id = coalesce(agents.owner_key_id, excluded.owner_key_id),
+        task_types = excluded.task_types,
+        -- Reconnecting does not end a quarantine: only its cool-down, a success or an operator does.
+        status = CASE WHEN agents.status = 'quarantined' AND agents.quarantined_until > now()
+            THEN agents.status ELSE excluded.status END
+    RETURNING name, model, max_concurrency, tasks_completed, tasks_failed, version, status
 ), gone AS (
     DELETE FROM agent_capabilities WHERE agent_id = $1 AND name <> ALL($8::text[])
 ), kept AS (
@@ -85,6 +93,7 @@ async def register(
     admin: bool,
     undelivered: Collection[uuid.UUID] = (),
     transport: str = "websocket",
+    quarantine: Quarantine | None = None,
 ) -> RegisteredAgent:
     """Upsert the agent for this connection. An agent id belongs to the key that first registered it: another
     agent key cannot take it over (and so act for it); an admin key can. ``undelivered``: assignments of the
@@ -122,6 +131,7 @@ async def register(
             reason="agent reconnected",
             undelivered=set(undelivered),
             keep=holding,
+            quarantine=quarantine,  # what it no longer holds, it lost
         )
         if holding:
             held = tuple(r["id"] for r in await db.fetch(_CLAIM_HELD, agent_id, sorted(holding), replica_id))
@@ -143,6 +153,7 @@ async def register(
         [cap.type for cap in capabilities],
         [cap.version for cap in capabilities],
         transport,
+        None if frame.task_types is None else raw.json_text(sorted(set(frame.task_types))),
     )
     if previous_replica is not None and previous_replica != replica_id:
         await notify(session, {"k": "replace", "agent": agent_id, "replica": replica_id})
@@ -159,6 +170,9 @@ async def register(
         version=agent["version"],
         held=held,
         released=released,
+        status=agent["status"],
+        task_types=None if frame.task_types is None else frozenset(frame.task_types),
+        versions={cap.name: cap.version for cap in capabilities},
     )
 
 
@@ -170,6 +184,7 @@ async def disconnect(
     version: int,
     undelivered: Collection[uuid.UUID] = (),
     handover: bool = False,
+    quarantine: Quarantine | None = None,
 ) -> lifecycle.Outcome:
     """The socket of registration ``version`` on ``replica_id`` closed: the agent is offline at once. A no-op
     when a newer registration (on any replica) owns the agent. ``undelivered``: assignments whose `assign`
@@ -190,6 +205,7 @@ async def disconnect(
             assignment_ids=sorted(undelivered) if handover else None,
             reason="agent disconnected",
             undelivered=undelivered,
+            quarantine=quarantine,
         )
     await session.execute(
         update(Agent)
@@ -302,6 +318,7 @@ async def record_health(
                     "WITH prev AS (SELECT id, status FROM agents WHERE id = ANY(:ids)"
                     " ORDER BY id FOR NO KEY UPDATE),"
                     " changed AS (UPDATE agents a SET health_failures = 0, last_seen_at = now(),"
+                    " last_health_check_at = now(),"
                     " status = CASE WHEN prev.status = 'unhealthy' THEN 'active' ELSE prev.status END"
                     " FROM prev WHERE a.id = prev.id"
                     " RETURNING CASE WHEN prev.status = 'unhealthy' THEN a.id END AS id)"
@@ -320,6 +337,7 @@ async def record_health(
                     "WITH prev AS (SELECT id, status, health_failures FROM agents WHERE id = ANY(:ids)"
                     " ORDER BY id FOR NO KEY UPDATE),"
                     " changed AS (UPDATE agents a SET health_failures = prev.health_failures + 1,"
+                    " last_health_check_at = now(),"
                     " status = CASE WHEN prev.health_failures + 1 >= :limit"
                     " AND prev.status IN ('active', 'draining') THEN 'unhealthy' ELSE prev.status END"
                     " FROM prev WHERE a.id = prev.id"
@@ -343,3 +361,30 @@ async def open_assignment_counts(session: AsyncSession, agent_ids: Sequence[str]
         .group_by(Assignment.agent_id)
     )
     return {agent_id: count for agent_id, count in rows.tuples()}
+
+
+_END_QUARANTINES = """UPDATE agents SET status = 'active', quarantined_until = NULL
+WHERE replica_id = $1 AND status = 'quarantined' AND quarantined_until <= now() RETURNING id"""
+
+
+async def end_quarantines(session: AsyncSession, replica_id: str) -> list[str]:
+    """Quarantined agents of this replica whose cool-down has passed go back to active. Their count of lapses
+    stays: one more lapse before a success quarantines them again."""
+    await session.execute(select(1))  # begins the session's transaction, which the statement below joins
+    db = await raw.driver_of(session)
+    return [record["id"] for record in await db.fetch(_END_QUARANTINES, replica_id)]
+
+
+async def release(session: AsyncSession, agent_id: str) -> Agent:
+    """An operator ends an agent's quarantine: active again, its count of lapses reset."""
+    agent = await session.get(Agent, agent_id, with_for_update=True)
+    if agent is None:
+        raise AgentNotFound(f"no agent with id {agent_id}")
+    if agent.status != "quarantined":
+        raise Conflict(f"agent {agent_id} is {agent.status}; only a quarantined agent can be released")
+    agent.status = "active"
+    agent.quarantined_until = None
+    agent.consecutive_lapses = 0
+    await notify(session, {"k": "release", "agent": agent_id})
+    await session.commit()
+    return agent

@@ -124,6 +124,11 @@ class Bus:
         elif kind == "drain":
             self.fleet.agent_status(agent_id, "draining")
             self.hub.send(agent_id, DrainRequest(reason="drained by an operator"))
+        elif kind == "quarantine":
+            self.fleet.agent_status(agent_id, "quarantined")
+        elif kind == "release":
+            self.fleet.agent_status(agent_id, "active")
+            self.signals.work_available()  # tasks only it can take may be waiting
         elif kind == "deregister":
             self.hub.close(agent_id, CloseCode.DEREGISTERED, "deregistered by an operator")
             self.metrics.forget_agent(agent_id, str(message.get("model", "")))

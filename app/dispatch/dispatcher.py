@@ -25,7 +25,7 @@ from app.gateway.hub import Hub
 from app.gateway.protocol import Assign
 from app.routing.batch import route_batch
 from app.routing.policy import policy_from_settings
-from app.routing.strategies import Candidate, TaskRequirements, pick
+from app.routing.strategies import Candidate, TaskRequirements, model_for_attempt, pick
 from app.tasks import lifecycle, recovery
 
 logger = logging.getLogger(__name__)
@@ -126,9 +126,16 @@ class Dispatcher(BackgroundService):
             task.__getitem__ if isinstance(task, Mapping) else functools.partial(getattr, task)
         )
         estimated, agent_ids = field("estimated_tokens"), field("agent_ids")
+        # A new row has no attempt yet; a claimed one may have spent some on its first model.
+        attempts = 0 if isinstance(task, Mapping) else task.attempt
+        min_versions = field("min_versions")
         return TaskRequirements(
             required_capabilities=frozenset(field("required_capabilities")),
-            model=field("model"),
+            model=model_for_attempt(
+                field("model"), field("fallback_models"), attempts, self.settings.fallback_after
+            ),
+            task_type=field("type"),
+            min_versions=tuple(sorted(min_versions.items())) if min_versions else (),
             max_cost=field("max_cost"),
             estimated_tokens=estimated if estimated is not None else self.settings.default_estimated_tokens,
             agent_ids=frozenset(agent_ids) if agent_ids else None,
@@ -203,11 +210,17 @@ class Dispatcher(BackgroundService):
         spare = self.fleet.spare()
         if spare == 0:
             return Round(0, full=False, backlog=True)
-        capabilities, models, agent_ids = self.fleet.claim_scope()
+        scope = self.fleet.claim_scope()
         limit = min(spare, MAX_BATCH)
         async with raw.transaction(self.engine) as db:
             tasks = await lifecycle.claim_pending(
-                db, capabilities=capabilities, models=models, agent_ids=agent_ids, limit=limit
+                db,
+                capabilities=scope.capabilities,
+                models=scope.models,
+                agent_ids=scope.agent_ids,
+                task_types=scope.task_types,
+                fallback_after=self.settings.fallback_after,
+                limit=limit,
             )
             if not tasks:
                 return Round(0, full=False, backlog=self.fleet.any_full(), waiting=False)

@@ -7,12 +7,20 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from app.agents.service import RegisteredAgent
 from app.routing.strategies import Candidate
 from app.tasks.lifecycle import Finished
 
 REFUSAL_COOLDOWN = 5.0  # seconds before an agent that refused a task is offered it again
+
+
+class ClaimScope(NamedTuple):
+    capabilities: list[str]
+    models: list[str]
+    agent_ids: list[str]
+    task_types: list[str] | None  # None: some agent here takes any type
 
 
 @dataclass
@@ -22,6 +30,8 @@ class LocalAgent:
     capabilities: frozenset[str]
     max_concurrency: int
     status: str = "active"
+    task_types: frozenset[str] | None = None  # None: any type
+    versions: dict[str, str] = field(default_factory=dict)
     completed: int = 0
     failed: int = 0
     prior_success_rate: float = 1.0
@@ -51,6 +61,8 @@ class LocalAgent:
                 active=active,
                 success_rate=rate,
                 status=self.status,
+                task_types=self.task_types,
+                versions=self.versions,
             )
         return cached
 
@@ -67,8 +79,10 @@ class Fleet:
         self._full = 0  # active agents with no free slot
         self._capabilities: Counter[str] = Counter()  # over the active agents
         self._models: Counter[str] = Counter()
+        self._types: Counter[str] = Counter()
+        self._any_type = 0  # active agents that handle any type
         self._active: dict[str, None] = {}  # the active agents' ids, in join order
-        self._scope: tuple[list[str], list[str], list[str]] | None = None  # claim_scope(), until it changes
+        self._scope: ClaimScope | None = None  # claim_scope(), until it changes
         self._changing_open = False
         # Who refused which task and when, so the dispatcher offers it elsewhere (bounded; a hint only).
         self.rejections: dict[uuid.UUID, dict[str, float]] = {}
@@ -80,6 +94,9 @@ class Fleet:
             model=agent.model,
             capabilities=agent.capabilities,
             max_concurrency=agent.max_concurrency,
+            status=agent.status,
+            task_types=agent.task_types,
+            versions=dict(agent.versions),
             prior_success_rate=agent.success_rate,
             open=set(agent.held),  # hand-over: the leases it kept count against its capacity here
         )
@@ -111,6 +128,10 @@ class Fleet:
     def _scope_count(self, agent: LocalAgent, sign: int) -> None:
         self._capabilities.update({name: sign for name in agent.capabilities})
         self._models[agent.model] += sign
+        if agent.task_types is None:
+            self._any_type += sign
+        else:
+            self._types.update({name: sign for name in agent.task_types})
         if sign > 0:
             self._active[agent.id] = None
         else:
@@ -142,7 +163,7 @@ class Fleet:
             # so these counts do not depend on whether the slot was released earlier.
             if item.status == "succeeded":
                 agent.completed += 1
-            elif item.status == "failed" or (item.retried and item.executed):
+            elif item.status == "failed" or (item.retried and item.executed) or item.lapsed:
                 agent.failed += 1
 
     def assignment_released(self, agent_id: str, assignment_id: uuid.UUID) -> None:
@@ -186,14 +207,16 @@ class Fleet:
             if agent.status == "active" and len(agent.open) < agent.max_concurrency
         ]
 
-    def claim_scope(self) -> tuple[list[str], list[str], list[str]]:
-        """What the active agents here could take: their capabilities, models and ids, for the claim query.
-        Counted as agents join, leave or change status, and rebuilt only after such a change."""
+    def claim_scope(self) -> ClaimScope:
+        """What the active agents here could take: their capabilities, models, ids and task types (None: some
+        agent takes any type), for the claim query. Counted as agents join, leave or change status, and
+        rebuilt only after such a change."""
         if self._scope is None:
-            self._scope = (
+            self._scope = ClaimScope(
                 sorted(name for name, count in self._capabilities.items() if count > 0),
                 sorted(model for model, count in self._models.items() if count > 0),
                 list(self._active),
+                None if self._any_type > 0 else sorted(t for t, count in self._types.items() if count > 0),
             )
         return self._scope
 

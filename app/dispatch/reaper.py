@@ -16,6 +16,7 @@ from app.db.models import Agent, Replica
 from app.db.outage import report_failure
 from app.dispatch.effects import Effects
 from app.tasks import recovery
+from app.tasks.work import Quarantine
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Reaper(BackgroundService):
     async def reap_once(self) -> None:
         while True:
             async with self.sessionmaker() as session:
-                outcome = await recovery.reap(session)
+                outcome = await recovery.reap(session, quarantine=Quarantine.of(self.settings))
                 await session.commit()
             self.effects.after_commit(outcome, reason="lease_lapsed")
             if len(outcome.finished) < recovery.BATCH:
@@ -59,7 +60,9 @@ class Reaper(BackgroundService):
         """Leases of agents that dropped and did not come back within the hand-over grace period."""
         while True:
             async with self.sessionmaker() as session:
-                outcome = await recovery.requeue_abandoned(session, grace=self.settings.handover_grace)
+                outcome = await recovery.requeue_abandoned(
+                    session, grace=self.settings.handover_grace, quarantine=Quarantine.of(self.settings)
+                )
                 await session.commit()
             self.effects.after_commit(outcome, reason="agent_lost")
             if len(outcome.finished) < recovery.BATCH:

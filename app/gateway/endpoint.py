@@ -38,7 +38,7 @@ from app.gateway.protocol import (
 from app.gateway.ratelimit import PATIENT, TokenBucket
 from app.gateway.watch import SocketWatch
 from app.security import KeyCache, Principal, Scope, authenticate, bearer_token
-from app.tasks.work import Outcome
+from app.tasks.work import Outcome, Quarantine
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -199,6 +199,7 @@ class Gateway:
                     key_id=principal.key_id,
                     admin=admin,
                     undelivered=undelivered,
+                    quarantine=Quarantine.of(self.settings),
                 )
                 await session.commit()
         except AgentRejected as exc:
@@ -245,7 +246,7 @@ class Gateway:
                 len(registered.released),
                 extra={"agent_id": registered.id},
             )
-        effects.signals.agent_joined()  # tasks only this agent can take may be waiting
+        effects.signals.agent_joined(registered.id)  # tasks only it can take may wait; the monitor pings it
         channel = AgentChannel(
             connection, sessionmaker=self.sessionmaker, batcher=self.batcher, effects=self.effects
         )
@@ -356,6 +357,10 @@ class Gateway:
                 version=connection.version,
                 undelivered=connection.undelivered,
                 handover=handover,
+                # Work lost with the agent is on its record, unless this replica closed it for stopping.
+                quarantine=None
+                if connection.close_code == CloseCode.SERVER_DRAINING
+                else Quarantine.of(self.settings),
             )
             await session.commit()
             return outcome

@@ -1,8 +1,10 @@
-"""Pings every local agent each interval; three failures in a row take it out of routing."""
+"""Pings every local agent each interval, and each new one as it registers; three failures in a row take it
+out of routing. Also ends the quarantines of local agents whose cool-down has passed."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -18,6 +20,7 @@ from app.gateway.connection import Connection
 from app.gateway.hub import Hub
 from app.gateway.protocol import Ping
 from app.tasks import recovery
+from app.tasks.work import Quarantine
 
 logger = logging.getLogger(__name__)
 
@@ -49,26 +52,55 @@ class HealthMonitor(BackgroundService):
 
     async def run(self) -> None:
         interval = self.settings.health_check_interval
+        signals = self.effects.signals
         loop = asyncio.get_running_loop()
         next_round = loop.time() + interval
         while True:
-            # A fixed cadence: a slow round (many agents, timeouts) must not stretch the interval.
-            await asyncio.sleep(max(0.0, next_round - loop.time()))
-            next_round = max(next_round + interval, loop.time())
+            # A fixed cadence: a slow round (many agents, timeouts) must not stretch the interval. Agents that
+            # join meanwhile are checked at once (the seed checks an agent as it registers), in one batch
+            # however many joined while the last check ran.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(signals.joined.wait(), max(0.0, next_round - loop.time()))
             try:
-                await self.check_all()
+                if loop.time() >= next_round:
+                    next_round = max(next_round + interval, loop.time())
+                    signals.take_newcomers()  # the round checks them too
+                    await self.check_all()
+                    await self.end_quarantines()
+                else:
+                    await self.check_newcomers()
             except Exception as exc:  # an outage is logged once, not every round
                 report_failure(logger, exc, "health round failed")
 
+    async def check_newcomers(self) -> None:
+        newcomers = self.effects.signals.take_newcomers()
+        connections = [c for agent_id in sorted(newcomers) if (c := self.hub.get(agent_id)) is not None]
+        await self._run_checks([c for c in connections if not c.closed], full_round=False)
+
     async def check_all(self) -> None:
-        timeout = min(self.settings.health_check_timeout, self.settings.health_check_interval * 0.9)
-        connections = [c for c in self.hub if not c.closed]
+        await self._run_checks([c for c in self.hub if not c.closed], full_round=True)
+
+    async def end_quarantines(self) -> None:
+        """This replica's agents whose quarantine cool-down has passed are offered work again."""
+        async with self.sessionmaker() as session:
+            released = await agents.end_quarantines(session, self.settings.replica_id)
+            await session.commit()
+        for agent_id in released:
+            logger.info("agent quarantine over: offered work again", extra={"agent_id": agent_id})
+            self.effects.fleet.agent_status(agent_id, "active")
+        if released:
+            self.effects.signals.work_available()
+
+    async def _run_checks(self, connections: list[Connection], *, full_round: bool) -> None:
         if not connections:
             return
+        timeout = min(self.settings.health_check_timeout, self.settings.health_check_interval * 0.9)
         checks = await asyncio.gather(*await self._spread(connections, timeout))
-        self._rounds += 1
+        if full_round:
+            self._rounds += 1
         async with self.sessionmaker() as session:
-            unhealthy, recovered = await agents.record_health(session, checks, prune=self._rounds % 10 == 1)
+            prune = full_round and self._rounds % 10 == 1
+            unhealthy, recovered = await agents.record_health(session, checks, prune=prune)
             await session.commit()
         models = {c.agent_id: c.model for c in connections}
         for agent_id, ok, _, _ in checks:
@@ -85,7 +117,10 @@ class HealthMonitor(BackgroundService):
         if unhealthy:
             async with self.sessionmaker() as session:
                 outcome = await recovery.requeue_open_assignments(
-                    session, agent_ids=unhealthy, reason="agent unhealthy"
+                    session,
+                    agent_ids=unhealthy,
+                    reason="agent unhealthy",
+                    quarantine=Quarantine.of(self.settings),
                 )
                 await session.commit()
             self.effects.after_commit(outcome, reason="agent_unhealthy")

@@ -39,7 +39,10 @@ class Candidate:
     max_concurrency: int
     active: int  # open assignments right now
     success_rate: float = 1.0  # 0..1
-    status: str = "active"  # active | busy | draining | unhealthy | offline | registering | error
+    status: str = "active"  # active | draining | unhealthy | quarantined | offline | error
+    task_types: frozenset[str] | None = None  # the types it handles (register's task_types); None: any
+    # Capability name -> the version the agent declared for it ("" when it declared none).
+    versions: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,9 @@ class TaskRequirements:
     estimated_tokens: int = 1000
     agent_ids: frozenset[str] | None = None  # when set, only these agents may take it
     strategy: str | None = None  # per-task override of the configured strategy
+    task_type: str | None = None  # offered only to agents that handle it (or handle any type)
+    # (capability, lowest version) pairs: the agent's declared version must be at least this.
+    min_versions: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +101,39 @@ def _cost_cap(task: TaskRequirements, policy: RoutingPolicy) -> float | None:
     return min(caps) if caps else None
 
 
+def version_key(version: str) -> tuple[int, ...] | None:
+    """``"1.2.10"`` -> (1, 2, 10); a leading ``v`` is allowed; None when it is not dotted numbers."""
+    text = version.strip().removeprefix("v")
+    parts = text.split(".")
+    if not text or not all(part.isdigit() for part in parts):
+        return None
+    key = tuple(int(part) for part in parts)
+    while len(key) > 1 and key[-1] == 0:  # 1.2 == 1.2.0
+        key = key[:-1]
+    return key
+
+
+def version_at_least(declared: str, minimum: str) -> bool:
+    """Whether a declared capability version meets a minimum, both dotted numbers. A version that is not
+    (none declared, or free text) meets no minimum: an agent must say which version it has to qualify."""
+    have, need = version_key(declared), version_key(minimum)
+    return have is not None and need is not None and have >= need
+
+
+def model_for_attempt(
+    model: str | None, fallback_models: Sequence[str] | None, attempts: int, fallback_after: int
+) -> str | None:
+    """The model a task asks for now: ``model`` until ``fallback_after`` attempts have been charged, then
+    each of ``fallback_models`` in order, one attempt each, the last one for every attempt after."""
+    if not fallback_models or attempts < fallback_after:
+        return model
+    return fallback_models[min(attempts - fallback_after, len(fallback_models) - 1)]
+
+
+def handles(task_types: frozenset[str] | None, task_type: str | None) -> bool:
+    return task_types is None or task_type is None or task_type in task_types
+
+
 def _admits(
     task: TaskRequirements,
     candidate: Candidate,
@@ -111,6 +150,12 @@ def _admits(
         return False
     if not task.required_capabilities <= candidate.capabilities:
         return False
+    if not handles(candidate.task_types, task.task_type):
+        return False
+    if task.min_versions and not all(
+        version_at_least(candidate.versions.get(name, ""), minimum) for name, minimum in task.min_versions
+    ):
+        return False
     if policy.allowed_models and candidate.model not in policy.allowed_models:
         return False
     if task.model is not None and candidate.model != task.model:
@@ -126,7 +171,8 @@ def eligible(
     """The candidates allowed to take task, in their given order.
 
     An agent qualifies when it is "active", has a free slot (active < max_concurrency), offers every
-    required capability, runs a model the policy allows (any, when allowed_models is empty) and the task
+    required capability (at task.min_versions' versions or later), handles task.task_type (or any type),
+    runs a model the policy allows (any, when allowed_models is empty) and the task
     asks for (when it names one), is among task.agent_ids (when set), and its estimated cost is within the
     lower of task.max_cost and policy.cost_limit_per_task (when either is set). ``any_load``: whether a slot
     is free is left to the caller (a batch router decides it per task, as loads change).

@@ -32,13 +32,17 @@ class RetryPolicy:
     backoff_max: float
 
 
-_CLAIM = """SELECT id, type, required_capabilities, payload, attempt, timeout, available_at, model, max_cost,
-    estimated_tokens, agent_ids, strategy
+# The model a task asks for now: app.routing.strategies.model_for_attempt, in SQL ($6: fallback_after).
+MODEL_NOW = """CASE WHEN fallback_models IS NULL OR attempt < $6 THEN model
+    ELSE fallback_models[LEAST(attempt - $6 + 1, cardinality(fallback_models))] END"""
+_CLAIM = f"""SELECT id, type, required_capabilities, payload, attempt, timeout, available_at, model, max_cost,
+    estimated_tokens, agent_ids, strategy, min_versions, fallback_models
 FROM tasks
 WHERE status = 'pending' AND available_at <= now()
     AND required_capabilities <@ $1::text[]
-    AND (model IS NULL OR model = ANY($2::text[]))
+    AND ({MODEL_NOW} IS NULL OR {MODEL_NOW} = ANY($2::text[]))
     AND (agent_ids IS NULL OR agent_ids && $3::text[])
+    AND ($5::text[] IS NULL OR type = ANY($5::text[]))
 ORDER BY priority DESC, available_at
 LIMIT $4
 FOR UPDATE SKIP LOCKED"""
@@ -82,6 +86,8 @@ class Claimed:
     estimated_tokens: int | None
     agent_ids: list[str] | None
     strategy: str | None
+    min_versions: dict[str, str] | None = None
+    fallback_models: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +113,19 @@ async def claim_pending(
     capabilities: Sequence[str],
     models: Sequence[str],
     agent_ids: Sequence[str],
+    task_types: Sequence[str] | None = None,
+    fallback_after: int = 1,
     limit: int,
 ) -> list[Claimed]:
     """Lock up to ``limit`` due pending tasks, best first, that the agents here could take: every capability
-    offered, a model present, a permitted agent present. (Filtering here, not after, keeps tasks that only
-    other replicas can serve from crowding out the ones this replica can.) Rows carry the columns routing
-    and the `assign` frame need."""
-    rows = await db.fetch(_CLAIM, list(capabilities), list(models), list(agent_ids), limit)
+    offered, the model it asks for now present, a permitted agent present, its type handled (``task_types``
+    None: some agent here takes any type). (Filtering here, not after, keeps tasks that only other replicas
+    can serve from crowding out the ones this replica can.) Rows carry the columns routing and the `assign`
+    frame need."""
+    types = None if task_types is None else list(task_types)
+    rows = await db.fetch(
+        _CLAIM, list(capabilities), list(models), list(agent_ids), limit, types, fallback_after
+    )
     return [Claimed(*row) for row in rows]
 
 

@@ -17,7 +17,7 @@ from app.tasks.lifecycle import OPEN_ASSIGNMENT, back_to_queue, finish
 from app.tasks.rows import TaskRow
 from app.tasks.states import TaskEvent as Ev
 from app.tasks.states import TaskStatus, transition
-from app.tasks.work import Finished, Outcome, Work
+from app.tasks.work import Finished, Outcome, Quarantine, Work
 
 BATCH = 500
 _LAPSED = f"""{TaskRow.select()} WHERE status = ANY($1::text[]) AND lease_expires_at < $2
@@ -42,6 +42,7 @@ async def requeue_open_assignments(
     undelivered: bool | Collection[uuid.UUID] = False,
     keep: Collection[uuid.UUID] = (),
     unless_back: bool = False,
+    quarantine: Quarantine | None = None,
 ) -> Outcome:
     """The agents (or a replica's agents) are gone: their leased tasks go back to the queue at once.
 
@@ -49,7 +50,9 @@ async def requeue_open_assignments(
     was ``undelivered`` (True: all of it; or these assignment ids): an `assign` that never reached the
     agent's socket costs the task nothing. ``keep``: assignments left alone (the agent still holds them).
     ``unless_back``: skip the assignments of agents that are no longer offline once the rows are locked (they
-    reconnected and claimed their work meanwhile).
+    reconnected and claimed their work meanwhile). ``quarantine``: the loss is the agent's (it disconnected,
+    went unhealthy, did not come back): each delivered assignment is a lapse on its record (app.tasks.work);
+    None when it is not (an operator, a replica that died, an assign never sent).
     """
     query = select(Assignment.id).where(Assignment.status.in_(OPEN_ASSIGNMENT))
     if agent_ids is not None:
@@ -63,6 +66,8 @@ async def requeue_open_assignments(
     if not ids:
         return outcome
     work = await Work.begin(session)
+    if quarantine is not None:
+        work.quarantine = quarantine
     await work.lock(ids)
     back: set[str] = set()
     if unless_back:
@@ -82,8 +87,12 @@ async def requeue_open_assignments(
             )
             continue
         previous = task.status
-        if undelivered is True or (undelivered and assignment_id in undelivered):
+        delivered = not (undelivered is True or (undelivered and assignment_id in undelivered))
+        if not delivered:
             task.attempt -= 1
+        lapsed = delivered and quarantine is not None
+        if lapsed:
+            work.lapse(assignment.agent_id)
         if task.attempt < task.max_attempts:
             task.status = transition(previous, Ev.RETRY).value
             back_to_queue(task, work.now, 0.0)
@@ -103,15 +112,19 @@ async def requeue_open_assignments(
                 assignment.id,
                 retried=retried,
                 in_session=task.session_id is not None,
+                lapsed=lapsed,
             )
         )
     await work.flush()
     return outcome
 
 
-async def reap(session: AsyncSession, *, limit: int = BATCH) -> Outcome:
-    """Lapsed leases go back to the queue (timed_out once attempts are spent); overdue tasks time out."""
+async def reap(session: AsyncSession, *, quarantine: Quarantine | None = None, limit: int = BATCH) -> Outcome:
+    """Lapsed leases go back to the queue (timed_out once attempts are spent), each a lapse on its agent's
+    record (``quarantine``: when lapses in a row take it out of routing); overdue tasks time out."""
     work = await Work.begin(session)
+    if quarantine is not None:
+        work.quarantine = quarantine
     now = work.now
     outcome = Outcome()
     lapsed = await work.lock_tasks(_LAPSED, list(OPEN_ASSIGNMENT), now, limit)
@@ -124,6 +137,7 @@ async def reap(session: AsyncSession, *, limit: int = BATCH) -> Outcome:
             work.notify(
                 {"k": "cancel", "agent": agent_id, "assignment": str(assignment_id), "reason": "lease lapsed"}
             )
+            work.lapse(agent_id)
         if task.attempt < task.max_attempts:
             task.status = transition(previous, Ev.RETRY).value
             back_to_queue(task, now, 0.0)
@@ -146,6 +160,7 @@ async def reap(session: AsyncSession, *, limit: int = BATCH) -> Outcome:
                 assignment_id,
                 retried=retried,
                 in_session=task.session_id is not None,
+                lapsed=assignment is not None,
             )
         )
     overdue = await work.lock_tasks(_OVERDUE, now, limit)
@@ -165,7 +180,9 @@ async def reap(session: AsyncSession, *, limit: int = BATCH) -> Outcome:
     return outcome
 
 
-async def requeue_abandoned(session: AsyncSession, *, grace: float, limit: int = BATCH) -> Outcome:
+async def requeue_abandoned(
+    session: AsyncSession, *, grace: float, quarantine: Quarantine | None = None, limit: int = BATCH
+) -> Outcome:
     """Leases whose agent dropped more than ``grace`` seconds ago and did not reconnect to claim them go back
     to the queue (the attempt stays charged: the agent may have run it)."""
     await session.execute(select(1))  # begins the session's transaction, which the statement below joins
@@ -178,4 +195,5 @@ async def requeue_abandoned(session: AsyncSession, *, grace: float, limit: int =
         assignment_ids=ids,
         reason=f"the agent did not reconnect within {grace:g}s",
         unless_back=True,
+        quarantine=quarantine,
     )

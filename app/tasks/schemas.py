@@ -4,13 +4,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from app.request_model import Integer, RequestModel, Seconds, StorableObject
 from app.storable import StorableText
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Version = Annotated[str, Field(pattern=r"^v?[0-9]{1,9}(\.[0-9]{1,9}){0,7}$", description="e.g. 1.2 or 2.0.1")]
 TaskStatusName = Literal["pending", "assigned", "running", "succeeded", "failed", "cancelled", "timed_out"]
 StrategyName = Literal["capability_based", "round_robin", "least_loaded"]
 
@@ -28,6 +29,17 @@ class TaskCreate(RequestModel):
     )
     estimated_tokens: Integer | None = Field(default=None, ge=0, le=100_000_000)
     model: StorableText | None = Field(default=None, min_length=1, max_length=128)
+    fallback_models: list[Annotated[StorableText, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=8,
+        description="Tried in order, one attempt each, once AGENT_FALLBACK_AFTER attempts on `model` failed.",
+    )
+    min_versions: dict[Name, Version] | None = Field(
+        default=None,
+        max_length=32,
+        description="Capability -> the lowest version an agent must declare for it (dotted numbers).",
+    )
     strategy: StrategyName | None = None
     agent_ids: list[Name] | None = Field(default=None, min_length=1, max_length=1000)
     idempotency_key: StorableText | None = Field(default=None, min_length=1, max_length=200)
@@ -36,6 +48,21 @@ class TaskCreate(RequestModel):
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))
+
+    @field_validator("fallback_models")
+    @classmethod
+    def _after_a_model(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is not None and not info.data.get("model"):
+            raise ValueError("fallback models follow a first model: set `model` too")
+        return value
+
+    @field_validator("min_versions")
+    @classmethod
+    def _of_required(cls, value: dict[str, str] | None, info: ValidationInfo) -> dict[str, str] | None:
+        unknown = sorted(set(value or ()) - set(info.data.get("capabilities") or ()))
+        if unknown:
+            raise ValueError(f"not among the task's capabilities: {', '.join(unknown)}")
+        return value or None
 
 
 class TaskBatchCreate(RequestModel):
@@ -46,6 +73,18 @@ class UsageOut(BaseModel):
     input_tokens: int
     output_tokens: int
     cost: float
+
+
+class RefusalOut(BaseModel):
+    agent_id: str
+    at: datetime | None
+    reason: str | None
+
+
+class WaitingOut(BaseModel):
+    reason: str  # one sentence: what no connected agent offers, or that the capable ones are full or refuse
+    eligible_agents: int  # connected agents that could take it now or once they have room
+    refusals: list[RefusalOut]  # the latest refusals, newest first
 
 
 class TaskOut(BaseModel):
@@ -60,6 +99,8 @@ class TaskOut(BaseModel):
     timeout: float
     queue_timeout: float
     model: str | None
+    fallback_models: list[str] | None
+    min_versions: dict[str, str] | None
     strategy: str | None
     max_cost: float | None
     estimated_tokens: int | None
@@ -78,6 +119,8 @@ class TaskOut(BaseModel):
     lease_expires_at: datetime | None
     expires_at: datetime
     finished_at: datetime | None
+    # Only on a pending task read by id: why no agent has taken it (computed then, never on submit).
+    waiting: WaitingOut | None = None
 
 
 class TaskList(BaseModel):

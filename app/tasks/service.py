@@ -191,7 +191,8 @@ def out_of_row(row: Mapping[str, Any]) -> TaskOut:
 # test checks that every field of TaskOut is either here or a column of `tasks` of the same name).
 _RENAMED = {"capabilities": "required_capabilities"}
 _USAGE = ("input_tokens", "output_tokens", "cost")
-_COLUMNS = tuple((name, _RENAMED.get(name, name)) for name in TaskOut.model_fields if name != "usage")
+_DERIVED = ("usage", "waiting")  # not columns: usage groups three, waiting is computed on a read by id
+_COLUMNS = tuple((name, _RENAMED.get(name, name)) for name in TaskOut.model_fields if name not in _DERIVED)
 
 
 def _out(field: Callable[[str], Any]) -> TaskOut:

@@ -27,7 +27,7 @@ _FRAME_OVERHEAD = 4096  # room for the assign frame's other fields around the pa
 _INSERTED = (
     "id", "type", "required_capabilities", "payload", "priority", "max_attempts", "timeout", "queue_timeout",
     "model", "strategy", "max_cost", "estimated_tokens", "agent_ids", "idempotency_key", "session_id",
-    "session_key", "owner_key_id", "project",
+    "session_key", "owner_key_id", "project", "min_versions", "fallback_models",
 )  # fmt: skip
 _TYPES = tuple(raw.pg_type(cast(Table, Task.__table__).c[name]) for name in _INSERTED)
 # One statement for a whole submission, whatever its size: the rows travel as one JSON document (so array
@@ -110,6 +110,8 @@ def row_of(
         "session_key": session_key,
         "owner_key_id": owner.key_id,
         "project": owner.project,
+        "min_versions": spec.min_versions,
+        "fallback_models": spec.fallback_models,
         "agent_id": None,  # placement: set by app.tasks.intake when a local agent takes it at once
         "assignment_id": None,
         "agent_model": None,

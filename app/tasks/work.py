@@ -7,6 +7,7 @@ touches them (results, requeues, cancels, the reaper), so concurrent transaction
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +17,7 @@ import orjson
 from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.config import Settings
 from app.db import raw
 from app.db.models import Agent, TaskEvent
 from app.storable import INT_MAX
@@ -53,6 +55,19 @@ class Finished:
     rejected: bool = False
     executed: bool = False  # the agent ran it and reported back (counts toward execution time)
     in_session: bool = False  # a collaboration session's subtask: its runner may have a step to take
+    lapsed: bool = False  # its lease lapsed or the work was lost with the agent: a failure on its record
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """When lapses take an agent out of routing: ``after`` in a row (0: never), for ``cooldown`` seconds."""
+
+    after: int = 3
+    cooldown: float = 300.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> Quarantine:
+        return cls(settings.quarantine_after, settings.quarantine_cooldown)
 
 
 @dataclass
@@ -93,6 +108,7 @@ _LOCK_AGENTS = "SELECT 1 FROM agents WHERE id = ANY($1::text[]) ORDER BY id FOR 
 _TALLY = f"""UPDATE agents AS t SET
     tasks_completed = t.tasks_completed + v.tasks_completed,
     tasks_failed = t.tasks_failed + v.tasks_failed,
+    consecutive_lapses = CASE WHEN v.tasks_completed > 0 THEN 0 ELSE t.consecutive_lapses END,
     avg_latency_ms = (t.avg_latency_ms * (t.tasks_completed + t.tasks_failed) + v.avg_latency_ms)
         / (t.tasks_completed + t.tasks_failed + v.tasks_completed + v.tasks_failed),
     tokens_processed = CASE WHEN t.tokens_processed > {INT_MAX} - v.tokens_processed THEN {INT_MAX}
@@ -100,6 +116,24 @@ _TALLY = f"""UPDATE agents AS t SET
     cost_incurred = LEAST(t.cost_incurred, {MAX_COST_TOTAL:.0e})
         + LEAST(v.cost_incurred, {MAX_COST_TOTAL:.0e})
 FROM {raw.unnest(_agents, _TALLY_COLUMNS)} WHERE t.id = v.id"""
+# Lapses (leases that lapsed, work lost with the agent) are failures on the agent's record, and enough of them
+# in a row quarantine an active agent: routing skips it until quarantined_until (app.health.monitor lets it
+# back) or an operator releases it. Returns the agents quarantined by this statement.
+_LAPSES = f"""WITH v AS (SELECT * FROM unnest($1::text[], $2::int[]) AS v(id, n)),
+prev AS (
+    SELECT a.id, a.status, a.consecutive_lapses + v.n AS lapses, v.n FROM agents a JOIN v ON v.id = a.id
+),
+changed AS (
+    UPDATE agents AS t SET tasks_failed = LEAST(t.tasks_failed + prev.n, {INT_MAX}),
+        consecutive_lapses = LEAST(prev.lapses, 1000000),
+        status = CASE WHEN $3 > 0 AND prev.lapses >= $3 AND prev.status = 'active' THEN 'quarantined'
+            ELSE prev.status END,
+        quarantined_until = CASE WHEN $3 > 0 AND prev.lapses >= $3 AND prev.status = 'active'
+            THEN now() + make_interval(secs => $4) ELSE t.quarantined_until END
+    FROM prev WHERE t.id = prev.id
+    RETURNING CASE WHEN t.status = 'quarantined' AND prev.status <> 'quarantined' THEN t.id END AS id
+)
+SELECT id FROM changed WHERE id IS NOT NULL"""
 _LOCK_TASKS_OF = f"""{TaskRow.select()}
 WHERE id IN (SELECT task_id FROM assignments WHERE id = ANY($1::uuid[])) ORDER BY id FOR UPDATE"""
 _LOCK_ASSIGNMENTS = f"{AssignmentRow.select()} WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
@@ -123,6 +157,9 @@ class Work:
         self.notifications: list[dict[str, Any]] = []
         self.finished: list[uuid.UUID] = []  # tasks that reached a terminal state: other replicas' waiters
         self.wake = False
+        self.lapses: Counter[str] = Counter()  # agent -> leases it let lapse (or lost) in this unit
+        self.quarantine = Quarantine()
+        self.quarantined: list[str] = []  # agents this unit quarantined, once flushed
 
     @classmethod
     async def begin(cls, session: AsyncSession) -> Work:
@@ -186,6 +223,11 @@ class Work:
         tally.tokens = saturating_add(tally.tokens, tokens)
         tally.cost = capped_cost(tally.cost, cost)
 
+    def lapse(self, agent_id: str) -> None:
+        """The agent let a lease lapse or lost the work: a failure on its record (flush writes it)."""
+        if agent_id:
+            self.lapses[agent_id] += 1
+
     async def flush(self) -> None:
         db = self.db
         await TaskRow.write(db, list(self.tasks.values()))
@@ -193,12 +235,26 @@ class Work:
         if self.events:
             await db.execute(_INSERT_EVENTS, *raw.columns_of(_events, _EVENT_COLUMNS, self.events))
             self.events = []
+        if self.tallies or self.lapses:
+            await db.execute(_LOCK_AGENTS, sorted(set(self.tallies) | set(self.lapses)))
         if self.tallies:
             tallies = sorted(self.tallies.items())
-            await db.execute(_LOCK_AGENTS, [agent for agent, _ in tallies])
             rows = [(agent, t.completed, t.failed, t.latency_ms, t.tokens, t.cost) for agent, t in tallies]
             await db.execute(_TALLY, *raw.columns_of(_agents, _TALLY_COLUMNS, rows))
             self.tallies = {}
+        if self.lapses:
+            lapses = sorted(self.lapses.items())
+            quarantined = await db.fetch(
+                _LAPSES,
+                [agent for agent, _ in lapses],
+                [count for _, count in lapses],
+                self.quarantine.after,
+                self.quarantine.cooldown,
+            )
+            self.lapses = Counter()
+            for record in quarantined:
+                self.quarantined.append(record["id"])
+                self.notifications.append({"k": "quarantine", "agent": record["id"]})
         if self.wake:
             self.notifications.append({"k": "work"})
             self.wake = False

@@ -5,7 +5,7 @@ Revises: 0004_a2a_agents
 Create Date: 2026-12-03 09:00:00
 
 Every new column is nullable or has a constant default, so adding them rewrites no row. `agents.status` admits
-`quarantined` (an agent whose leases lapsed too often in a row: routing skips it until `quarantined_until`).
+`quarantined`, and no longer `registering` (never written by any version) (an agent whose leases lapsed too often in a row: routing skips it until `quarantined_until`).
 `agents.task_types` is NULL for "any type" (every agent registered before this revision). The values of the
 status check are written out here, not imported: a migration states the schema as it was at its revision.
 """
@@ -22,7 +22,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _BEFORE = ("registering", "active", "draining", "unhealthy", "offline", "error")
-_AFTER = (*_BEFORE, "quarantined")
+# `registering` goes: registration is one transaction, so no row ever held it (docs/decisions.md).
+_AFTER = ("active", "draining", "unhealthy", "offline", "error", "quarantined")
 
 
 def _status_check(statuses: tuple[str, ...]) -> None:

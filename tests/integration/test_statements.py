@@ -82,6 +82,6 @@ async def test_a_renamed_column_fails_to_prepare(db: asyncpg.Connection) -> None
 def test_every_field_of_the_task_view_is_a_column() -> None:
     columns = cast(Table, Task.__table__).c
     mapped = dict(service._COLUMNS)
-    assert set(mapped) | {"usage"} == set(TaskOut.model_fields)
+    assert set(mapped) | {"usage", "waiting"} == set(TaskOut.model_fields)
     assert [name for name, column in mapped.items() if column not in columns] == []
     assert all(name in columns for name in service._USAGE)

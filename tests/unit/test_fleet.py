@@ -10,7 +10,14 @@ from app.dispatch.fleet import Fleet
 from app.tasks.lifecycle import Finished, Outcome
 
 
-def joined(fleet: Fleet, agent_id: str, *, slots: int = 2, capabilities: tuple[str, ...] = ("code",)) -> None:
+def joined(
+    fleet: Fleet,
+    agent_id: str,
+    *,
+    slots: int = 2,
+    capabilities: tuple[str, ...] = ("code",),
+    task_types: frozenset[str] | None = None,
+) -> None:
     fleet.agent_joined(
         RegisteredAgent(
             id=agent_id,
@@ -22,6 +29,7 @@ def joined(fleet: Fleet, agent_id: str, *, slots: int = 2, capabilities: tuple[s
             active=0,
             requeued=Outcome(),
             version=1,
+            task_types=task_types,
         )
     )
 
@@ -90,15 +98,15 @@ def test_the_claim_scope_follows_joins_leaves_and_status_but_not_leases() -> Non
     fleet = Fleet()
     joined(fleet, "a", slots=1, capabilities=("code", "review"))
     joined(fleet, "b", slots=2, capabilities=("code",))
-    assert fleet.claim_scope() == (["code", "review"], ["gpt-4"], ["a", "b"])
+    assert fleet.claim_scope() == (["code", "review"], ["gpt-4"], ["a", "b"], None)
     assert fleet.spare() == 3
     fleet.leased("a", uuid.uuid4())  # a full agent still belongs to the scope; its slot is not spare
-    assert fleet.claim_scope() == (["code", "review"], ["gpt-4"], ["a", "b"])
+    assert fleet.claim_scope() == (["code", "review"], ["gpt-4"], ["a", "b"], None)
     assert fleet.spare() == 2
     fleet.agent_status("a", "draining")
-    assert fleet.claim_scope() == (["code"], ["gpt-4"], ["b"])
+    assert fleet.claim_scope() == (["code"], ["gpt-4"], ["b"], None)
     fleet.agent_left("b")
-    assert fleet.claim_scope() == ([], [], [])
+    assert fleet.claim_scope() == ([], [], [], [])
     assert fleet.spare() == 0
 
 
@@ -126,7 +134,35 @@ def test_the_running_counts_match_a_recount_after_any_sequence_of_changes() -> N
         active = [agent for agent in fleet.agents.values() if agent.status == "active"]
         assert fleet.spare() == sum(max(0, a.max_concurrency - len(a.open)) for a in active)
         assert fleet.any_full() == any(len(a.open) >= a.max_concurrency for a in active)
-        capabilities, models, ids = fleet.claim_scope()
+        capabilities, models, ids, _ = fleet.claim_scope()
         assert capabilities == sorted(set().union(*(a.capabilities for a in active)))
         assert models == sorted({a.model for a in active})
         assert sorted(ids) == sorted(a.id for a in active)
+
+
+def test_the_claim_scope_names_the_task_types_handled_unless_some_agent_takes_any() -> None:
+    fleet = Fleet()
+    joined(fleet, "a", task_types=frozenset({"review"}))
+    joined(fleet, "b", task_types=frozenset({"code", "review"}))
+    assert fleet.claim_scope().task_types == ["code", "review"]
+    joined(fleet, "c")  # no task_types: any type
+    assert fleet.claim_scope().task_types is None
+    fleet.agent_status("c", "quarantined")  # only active agents count
+    assert fleet.claim_scope().task_types == ["code", "review"]
+    fleet.agent_left("b")
+    assert fleet.claim_scope().task_types == ["review"]
+    assert [c.task_types for c in fleet.candidates()] == [frozenset({"review"})]
+
+
+def test_a_lapse_counts_against_the_success_rate_and_a_quarantined_agent_is_no_candidate() -> None:
+    fleet = Fleet()
+    joined(fleet, "a", slots=3)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    fleet.leased("a", first)
+    fleet.leased("a", second)
+    fleet.assignments_ended([finished("a", first, "succeeded")])
+    fleet.assignments_ended([finished("a", second, "pending", retried=True, lapsed=True)])
+    assert [c.success_rate for c in fleet.candidates()] == [0.5]
+    fleet.agent_status("a", "quarantined")
+    assert fleet.candidates() == []
+    assert fleet.spare() == 0

@@ -81,7 +81,7 @@ ELIGIBILITY_CASES = [
     pytest.param(agent("a"), task(), DEFAULT_POLICY, True, id="status-active-admitted"),
     *[
         pytest.param(agent("a", status=status), task(), DEFAULT_POLICY, False, id=f"status-{status}-refused")
-        for status in ("busy", "draining", "unhealthy", "offline", "registering", "error")
+        for status in ("busy", "draining", "unhealthy", "quarantined", "offline", "error")
     ],
     pytest.param(agent("a", active=3, max_concurrency=4), task(), DEFAULT_POLICY, True, id="one-slot-free"),
     pytest.param(agent("a", active=4, max_concurrency=4), task(), DEFAULT_POLICY, False, id="no-slot-free"),

@@ -8,7 +8,7 @@ import { sparkline } from "../charts.js";
 import { poll } from "../live.js";
 import { filterForm, pagedList } from "../paged.js";
 
-const STATUSES = ["registering", "active", "busy", "draining", "offline", "error", "unhealthy"];
+const STATUSES = ["active", "busy", "draining", "offline", "error", "unhealthy", "quarantined"];
 
 export function render(root, { query, ctx }) {
   const expanded = new Set();
