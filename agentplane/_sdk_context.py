@@ -68,6 +68,9 @@ class TaskContext:
         self.attempt: int = assign.attempt
         self.timeout: float = assign.timeout
         self.deadline: datetime = assign.deadline
+        # The task's W3C trace context, as the server sent it (None: the task has none). The SDK's handler
+        # span continues it when tracing is on; a handler may pass it on to services it calls.
+        self.traceparent: str | None = assign.traceparent
         self.cancel_reason: str = ""
         self._emit = emit
         # A plain flag that sync handlers poll from a worker thread: assigning an attribute is atomic in

@@ -10,10 +10,15 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from agentplane import tracing
 from agentplane._sdk_context import Handler, TaskContext, encode_result, run_handler
 from agentplane._sdk_link import Link, text
-from agentplane.protocol import Accept, Assign, Progress
+from agentplane.protocol import Accept, Assign, Progress, Result
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 logger = logging.getLogger("agentplane.sdk")
 
@@ -39,6 +44,8 @@ class Jobs:
         self.unacked: dict[uuid.UUID, str] = {}  # assignment id -> result frame text, in finishing order
         self.idle = asyncio.Event()  # set while nothing runs and every result is acknowledged
         self.idle.set()
+        # None unless OTEL_* configures tracing (agentplane.tracing): then each handler runs in a span.
+        self._tracer = tracing.tracer("agentplane.sdk", "agentplane-agent")
 
     def __len__(self) -> int:
         return len(self._running)
@@ -103,7 +110,10 @@ class Jobs:
 
     async def _execute(self, handler: Handler, ctx: TaskContext) -> None:
         try:
-            result = await run_handler(handler, ctx)
+            if self._tracer is None:
+                result = await run_handler(handler, ctx)
+            else:
+                result = await _traced(self._tracer, handler, ctx)
         finally:
             job = self._running.get(ctx.assignment_id)
             if job is not None and job.ctx is ctx:
@@ -137,3 +147,30 @@ class Jobs:
             self.idle.clear()
         else:
             self.idle.set()
+
+
+async def _traced(tracer: Tracer, handler: Handler, ctx: TaskContext) -> Result | None:
+    """The handler in a span that continues the `assign` frame's trace context; current while it runs, so
+    a provider call (agentplane.providers) or the handler's own spans nest under it."""
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    attributes: dict[str, Any] = {
+        "agentplane.task.id": str(ctx.task_id),
+        "agentplane.task.type": ctx.task_type,
+        "agentplane.assignment.id": str(ctx.assignment_id),
+        "agentplane.task.attempt": ctx.attempt,
+    }
+    with tracer.start_as_current_span(
+        f"handle {ctx.task_type}",
+        context=tracing.parent(ctx.traceparent),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    ) as span:
+        result = await run_handler(handler, ctx)
+        if result is None:
+            span.add_event("cancelled", {"reason": ctx.cancel_reason})
+        elif result.status == "failed" and result.error is not None:
+            span.set_attribute("error.type", result.error.code)
+            span.set_attribute("agentplane.error.retryable", result.error.retryable)
+            span.set_status(Status(StatusCode.ERROR, result.error.message[:200]))
+        return result

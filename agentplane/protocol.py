@@ -202,6 +202,10 @@ class Assign(Frame):
     timeout: float
     deadline: datetime
     attempt: int
+    # W3C trace context (agentplane.tracecontext): the server's dispatch span, or the client's own
+    # `traceparent` when the server does not trace. Optional: absent when the task has none; an agent that
+    # does not trace ignores it.
+    traceparent: str | None = None
 
 
 class Cancel(Frame):

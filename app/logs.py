@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,16 @@ _TOKEN = re.compile(r"((?:token|key|api_key)=)[^&\s\"']+", re.IGNORECASE)
 _BEARER = re.compile(r"(Bearer\s+)\S+", re.IGNORECASE)
 _KEY = re.compile(r"\bap_[A-Za-z0-9_\-]{20,}")
 _CONTEXT_FIELDS = ("task_id", "agent_id", "assignment_id", "session_id", "replica_id", "model", "event")
+
+
+# The current span's (trace id, span id), set by app.tracing when tracing is on; None: tracing is off, and a
+# log line costs one branch more.
+_trace_ids: Callable[[], tuple[str, str] | None] | None = None
+
+
+def enable_trace_ids(current: Callable[[], tuple[str, str] | None]) -> None:
+    global _trace_ids
+    _trace_ids = current
 
 
 def redact(text: str) -> str:
@@ -44,6 +55,8 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, field, None)
             if value is not None:
                 entry[field] = str(value)
+        if _trace_ids is not None and (ids := _trace_ids()) is not None:
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

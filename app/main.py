@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
@@ -31,6 +32,12 @@ from app.security import KeyCache
 from app.storable_params import StorableParams
 from app.tasks.router import router as tasks_router
 from app.usage.router import router as usage_router
+
+_UNTRACED = frozenset({"/ws/agents", "/metrics", "/healthz", "/readyz"})
+
+
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    return scope["type"] == "websocket" or scope.get("path") in _UNTRACED
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -68,6 +75,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served from the package by install_docs, not from a CDN
         redoc_url=None,
+        # FastAPI's own OpenTelemetry: a span per HTTP request when tracing is on (app.tracing; it does
+        # nothing while no tracer provider is installed). Not its dependency and serialization spans
+        # (noise on the hot path), not its metrics (Prometheus has them), not its logs (they would export
+        # request values, secrets included), and not the agents' WebSocket, whose span would last as long
+        # as the connection.
+        telemetry={"operation_spans": False, "metrics": False, "logs": False, "exclude": _untraced},
     )
     install_docs(app)
     app.state.settings = settings

@@ -9,6 +9,7 @@ import logging
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app import tracing
 from app.agents import service as agents
 from app.agents.queries import fleet_by_status
 from app.collab.runner import SessionRunner
@@ -60,6 +61,7 @@ class Runtime:
         self.engine = engine
         self.sessionmaker = sessionmaker
         self.metrics = metrics
+        tracing.setup()  # OTEL_* decides; off: every span site is one branch (app.tracing)
         self.hub = Hub()
         self.fleet = Fleet()
         self.signals = Signals()

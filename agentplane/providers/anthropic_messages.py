@@ -20,6 +20,8 @@ from agentplane.sdk import TaskFailed
 
 
 class AnthropicMessages:
+    system = "anthropic"  # gen_ai.provider.name in the call's span
+
     def __init__(
         self,
         model: str,

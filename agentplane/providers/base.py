@@ -6,12 +6,16 @@ from __future__ import annotations
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from agentplane import tracing
 from agentplane._sdk_context import HandlerResult, TaskContext, TaskFailed
 from agentplane.protocol import Usage
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 # A progress frame per this many streamed pieces at most; the message counts them all.
 PROGRESS_EVERY = 8
@@ -76,6 +80,7 @@ class ModelHandler:
         self.provider = provider
         self.prompt = prompt
         self.stream = stream
+        self._tracer = tracing.tracer("agentplane.providers", "agentplane-agent")  # None: tracing is off
 
     async def __call__(self, ctx: TaskContext) -> HandlerResult:
         request = Request(
@@ -94,13 +99,57 @@ class ModelHandler:
                 # Pieces are about a token each; the model's own count comes with the result.
                 ctx.progress(min(0.99, pieces / request.max_tokens), f"{pieces} tokens so far")
 
-        completion = await self.provider.complete(request, on_piece if self.stream else None)
+        if self._tracer is None:
+            completion = await self.provider.complete(request, on_piece if self.stream else None)
+        else:
+            completion = await _traced_call(
+                self._tracer, self.provider, request, on_piece if self.stream else None
+            )
         usage = Usage(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens)
         ctx.report_usage(completion.input_tokens, completion.output_tokens)
         if self.prompt.schema is not None:
             return HandlerResult(output=_json_output(completion.text), usage=usage)
         output = {"text": completion.text, "model": completion.model, "stop_reason": completion.stop_reason}
         return HandlerResult(output=output, usage=usage)
+
+
+async def _traced_call(
+    tracer: Tracer, provider: Provider, request: Request, on_piece: Callable[[str], None] | None
+) -> Completion:
+    """The provider call as a span named and described by the OpenTelemetry GenAI semantic conventions
+    (https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/): a child of the handler's span.
+    Prompts and answers are not recorded: they may hold what a trace backend should not."""
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    system = str(getattr(provider, "system", "unknown"))
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": system,
+        "gen_ai.system": system,  # the attribute's name before semconv 1.37, still read by many backends
+        "gen_ai.request.model": provider.model,
+        "gen_ai.request.max_tokens": request.max_tokens,
+    }
+    if request.temperature is not None:
+        attributes["gen_ai.request.temperature"] = request.temperature
+    with tracer.start_as_current_span(
+        f"chat {provider.model}", kind=SpanKind.CLIENT, attributes=attributes, record_exception=False
+    ) as span:
+        try:
+            completion = await provider.complete(request, on_piece)
+        except TaskFailed as exc:
+            span.set_attribute("error.type", exc.code)
+            span.set_status(Status(StatusCode.ERROR, exc.message[:200]))
+            raise
+        except Exception as exc:
+            span.set_attribute("error.type", type(exc).__qualname__)
+            span.set_status(Status(StatusCode.ERROR))
+            raise
+        span.set_attribute("gen_ai.response.model", completion.model)
+        span.set_attribute("gen_ai.usage.input_tokens", completion.input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", completion.output_tokens)
+        if completion.stop_reason is not None:
+            span.set_attribute("gen_ai.response.finish_reasons", [completion.stop_reason])
+        return completion
 
 
 def _json_output(text: str) -> Any:

@@ -14,6 +14,8 @@ from agentplane.sdk import TaskFailed
 
 
 class OpenAIChat:
+    system = "openai"  # gen_ai.provider.name in the call's span (OpenAI-compatible servers speak this API)
+
     def __init__(
         self,
         model: str,

@@ -20,6 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from agentplane import tracing as tracing_api
+from app import tracing
 from app.collab.strategies import FinishedSubtask, SessionSpec, SubtaskSpec, get_strategy
 from app.config import Settings
 from app.db import raw
@@ -161,6 +163,8 @@ async def _submit(
     strict: bool,
 ) -> None:
     task = row.spec["task"]
+    # Each subtask may spend what the session has left (advance() has ended the session before it is spent).
+    remaining = None if row.budget is None else row.budget - row.cost
     try:
         creates = [
             TaskCreate(
@@ -171,18 +175,29 @@ async def _submit(
                 priority=task["priority"],
                 timeout=task["timeout"],
                 max_attempts=task["max_attempts"],
+                max_cost=remaining,
             )
             for spec in specs
         ]
         await session.flush()  # the session's row first: its subtasks refer to it
-        created = await insert_tasks(
-            await raw.driver_of(session),
-            settings,
-            creates,
-            owner=Owner(key_id=row.owner_key_id, project=row.project),  # the session's owner's
-            session_id=row.id,
-            session_keys=[spec.key for spec in specs],
-        )
+        server = tracing.SERVER
+        # Each subtask is a child of the step that submits it (tracing off: of the session's own context).
+        step = None if server is None else server.step(row.traceparent, row.id, row.round)
+        try:
+            parent = row.traceparent if step is None else tracing_api.traceparent_of(step)
+            created = await insert_tasks(
+                await raw.driver_of(session),
+                settings,
+                creates,
+                owner=Owner(key_id=row.owner_key_id, project=row.project),  # the session's owner's
+                session_id=row.id,
+                session_keys=[spec.key for spec in specs],
+                traceparents=[parent] * len(creates),
+            )
+        finally:
+            if step is not None:
+                step.set_attribute("agentplane.session.subtasks", len(creates))
+                step.end()
     except (ValidationError, AppError) as exc:
         message = exc.detail if isinstance(exc, AppError) else _first_error(exc)
         if strict:
@@ -236,6 +251,8 @@ async def end(
     await _add_events(session, [_event(row, FINISHED_EVENT, data)])
     advanced.changed = True
     advanced.finished_status = status
+    if tracing.SERVER is not None:
+        tracing.SERVER.session_ended(row.traceparent, row.id, status, error)
 
 
 async def _add_events(session: AsyncSession, rows: list[dict[str, Any]]) -> None:

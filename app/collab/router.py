@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from sse_starlette.sse import EventSourceResponse
 
+from app import tracing
 from app.collab import service, watch
 from app.collab.schemas import SessionCreate, SessionList, SessionOut, SessionStatusName, StrategyName
 from app.deps import ClientDep, MakerDep, MetricsDep, SessionDep, SettingsDep, SignalsDep
@@ -18,6 +19,7 @@ router = APIRouter(prefix="/sessions", tags=["sessions"])
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionOut)
 async def create_session(
     body: SessionCreate,
+    request: Request,
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
@@ -25,9 +27,21 @@ async def create_session(
     metrics: MetricsDep,
     principal: ClientDep,
 ) -> SessionOut:
-    created = await service.create_session(
-        session, settings, body, owner=Owner.of(principal), signals=signals, metrics=metrics
-    )
+    # One trace per session: the request's `traceparent` (ignored when invalid, per W3C) is its parent.
+    header = request.headers.get("traceparent")
+    owner, server = Owner.of(principal), tracing.SERVER
+    if server is None:
+        created = await service.create_session(
+            session, settings, body, owner=owner, signals=signals, metrics=metrics,
+            traceparent=tracing.client_traceparent(header),
+        )  # fmt: skip
+    else:
+        with server.session(header, body.strategy) as span:
+            created = await service.create_session(
+                session, settings, body, owner=owner, signals=signals, metrics=metrics,
+                traceparent=server.traceparent(span),
+            )  # fmt: skip
+            span.set_attribute("agentplane.session.id", str(created.id))
     response.headers["Location"] = f"/api/v1/sessions/{created.id}"
     return created
 

@@ -105,6 +105,7 @@ class SessionOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    trace_id: str | None = None  # the session's trace (W3C): every step and subtask is in it
     subtasks: list[SubtaskOut] | None = Field(default=None, description="Omitted in lists.")
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from agentplane import tracecontext
 from app.agents.service import open_assignment_counts
 from app.collab import engine
 from app.collab.participants import AgentView, ParticipantError, check_steps, required_capabilities, resolve
@@ -113,7 +114,17 @@ async def create_session(
     owner: Owner,
     signals: Signals,
     metrics: Metrics,
+    traceparent: str | None = None,
 ) -> SessionOut:
+    """``traceparent``: the session's trace context (app.tracing: its span, or the client's own)."""
+    limit = settings.cost_limit_per_session
+    if body.budget is not None and limit is not None and body.budget.max_cost > limit:
+        raise _invalid(
+            f"budget.max_cost {body.budget.max_cost:g} is above the per-session cost limit {limit:g}"
+            " (AGENT_COST_LIMIT_PER_SESSION)",
+            "budget.max_cost",
+            "less_than_equal",
+        )
     if body.strategy != "chain" and not body.task.capabilities:
         raise _invalid(
             f"{body.strategy} needs task.capabilities (every subtask requires them)", "task.capabilities"
@@ -163,6 +174,7 @@ async def create_session(
         version=1,
         owner_key_id=owner.key_id,  # its subtasks are the owner's too (engine._submit)
         project=owner.project,
+        traceparent=traceparent,  # its steps' parent: one trace per session
     )
     now = await db_now(session)
     budget = body.budget.max_cost if body.budget else settings.cost_limit_per_session
@@ -289,6 +301,7 @@ def to_out(row: CollabSession, subtasks: Sequence[Task] | None = None) -> Sessio
         created_at=row.created_at,
         updated_at=row.updated_at,
         finished_at=row.finished_at,
+        trace_id=tracecontext.trace_id_of(row.traceparent),
         subtasks=[subtask_out(task) for task in subtasks] if subtasks is not None else None,
     )
 

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Computed,
     DateTime,
     Double,
     ForeignKey,
@@ -28,6 +29,8 @@ from app.db.base import Base
 from app.statuses import AgentStatus, AgentTransport, AssignmentStatus, SessionStatus, TaskStatus, check_sql
 
 Json = dict[str, Any]
+# The trace id of a version-00 `traceparent` (agentplane.tracecontext writes only that version).
+TRACE_ID_OF_TRACEPARENT = "substr(traceparent, 4, 32)"
 
 
 def _now() -> Any:
@@ -130,6 +133,9 @@ class CollabSession(Base):
     # ownership and for the environment's admin key: only admins see those.
     owner_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     project: Mapped[str | None] = mapped_column(Text)
+    # The session's trace (migration 0006): every step and subtask is in it.
+    traceparent: Mapped[str | None] = mapped_column(Text)
+    trace_id: Mapped[str | None] = mapped_column(Text, Computed(TRACE_ID_OF_TRACEPARENT, persisted=True))
 
 
 class Task(Base):
@@ -231,6 +237,9 @@ class Task(Base):
     )
     # The subtask's key within its session; unique, so a resumed session never submits a subtask twice.
     session_key: Mapped[str | None] = mapped_column(Text)
+    # W3C trace context (migration 0006): the parent of the server's spans for this task, and its trace id.
+    traceparent: Mapped[str | None] = mapped_column(Text)
+    trace_id: Mapped[str | None] = mapped_column(Text, Computed(TRACE_ID_OF_TRACEPARENT, persisted=True))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
     assigned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

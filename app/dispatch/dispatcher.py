@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -14,6 +15,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app import tracing
 from app.background import BackgroundService
 from app.config import Settings
 from app.db import raw
@@ -199,6 +201,7 @@ class Dispatcher(BackgroundService):
                     model=agent.model if (agent := agents.get(record["agent_id"])) else "unknown",
                     assigned_at=record["assigned_at"],
                     deadline=record["lease_expires_at"],
+                    traceparent=record["traceparent"],
                 )
                 for record in records
             ]  # fmt: skip
@@ -212,6 +215,7 @@ class Dispatcher(BackgroundService):
             return Round(0, full=False, backlog=True)
         scope = self.fleet.claim_scope()
         limit = min(spare, MAX_BATCH)
+        claimed_ns = None if tracing.SERVER is None else time.time_ns()  # the queue span's end
         async with raw.transaction(self.engine) as db:
             tasks = await lifecycle.claim_pending(
                 db,
@@ -227,7 +231,7 @@ class Dispatcher(BackgroundService):
             candidates = self._open_candidates()
             plans = self._route(tasks, candidates)
             leased = await lifecycle.lease(db, plans, replica_id=self.settings.replica_id)
-        self._send(leased)
+        self._send(leased, claimed_ns)
         full = len(tasks) >= limit
         # Claimed but not leased (no agent with room fits it now): it waits for capacity to free up.
         waiting = full or len(leased) < len(tasks)
@@ -268,8 +272,9 @@ class Dispatcher(BackgroundService):
                 plans.append((task, decision.agent_id, chosen.model))
         return plans
 
-    def _send(self, leased: list[lifecycle.Lease]) -> None:
+    def _send(self, leased: list[lifecycle.Lease], claimed_ns: int | None = None) -> None:
         metrics = self.effects.metrics
+        server = tracing.SERVER
         orphans = []
         for lease in leased:
             # Placement reserved the slot already; taking it again is a no-op, unless a capacity resync that
@@ -283,8 +288,18 @@ class Dispatcher(BackgroundService):
                 timeout=lease.timeout,
                 deadline=lease.deadline,
                 attempt=lease.attempt,
+                # Tracing off: the client's own context, as stored (None for most tasks: not on the wire).
+                traceparent=lease.traceparent if server is None else None,
             )
-            if not self.hub.send(lease.agent_id, frame):
+            if server is None:
+                delivered = self.hub.send(lease.agent_id, frame)
+            else:
+                span, traceparent = server.dispatch(lease, claimed_ns, self.settings.replica_id)
+                delivered = self.hub.send(
+                    lease.agent_id, frame.model_copy(update={"traceparent": traceparent})
+                )
+                server.sent(span, lease.assignment_id, delivered)
+            if not delivered:
                 orphans.append(lease.assignment_id)
                 continue
             metrics.tasks_assigned.labels(lease.model, lease.task_type).inc()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app import tracing
 from app.gateway.hooks import FleetListener
 from app.metrics import Metrics
 from app.signals import Signals
@@ -20,6 +21,8 @@ class Effects:
     def after_commit(self, outcome: Outcome, *, model: str | None = None, reason: str = "result") -> None:
         if not outcome.finished:
             return
+        if tracing.SERVER is not None:
+            tracing.SERVER.finished(outcome.finished, reason)  # each attempt's end, as a span
         metrics = self.metrics
         for item in outcome.finished:
             self.signals.task_changed(item.task_id)

@@ -36,7 +36,7 @@ class RetryPolicy:
 MODEL_NOW = """CASE WHEN fallback_models IS NULL OR attempt < $6 THEN model
     ELSE fallback_models[LEAST(attempt - $6 + 1, cardinality(fallback_models))] END"""
 _CLAIM = f"""SELECT id, type, required_capabilities, payload, attempt, timeout, available_at, model, max_cost,
-    estimated_tokens, agent_ids, strategy, min_versions, fallback_models
+    estimated_tokens, agent_ids, strategy, min_versions, fallback_models, traceparent
 FROM tasks
 WHERE status = 'pending' AND available_at <= now()
     AND required_capabilities <@ $1::text[]
@@ -88,6 +88,7 @@ class Claimed:
     strategy: str | None
     min_versions: dict[str, str] | None = None
     fallback_models: list[str] | None = None
+    traceparent: str | None = None  # the task's stored trace context (app.tracing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,7 @@ class Lease:
     model: str
     assigned_at: datetime
     deadline: datetime
+    traceparent: str | None  # the task's stored trace context: the parent of its dispatch spans
 
 
 async def claim_pending(
@@ -152,6 +154,7 @@ async def lease(db: raw.Driver, plans: Sequence[tuple[Claimed, str, str]], *, re
             task_id=task.id, task_type=task.type, payload=task.payload, timeout=task.timeout,
             attempt=task.attempt + 1, available_at=task.available_at, assignment_id=assignment_id,
             agent_id=agent_id, model=model, assigned_at=now, deadline=now + timedelta(seconds=task.timeout),
+            traceparent=task.traceparent,
         )
         for (task, agent_id, model), assignment_id in zip(plans, assignment_ids, strict=True)
         if task.id in leased

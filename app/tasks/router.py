@@ -6,13 +6,14 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from sse_starlette.sse import EventSourceResponse
 
+from app import tracing
 from app.db.session import engine_of
 from app.deps import ClientDep, MakerDep, MetricsDep, SessionDep, SettingsDep, SignalsDep
 from app.ownership import Owner
 from app.responses import json_response
 from app.signals import Signals
 from app.sse import resume_after
-from app.tasks import service, submit, watch
+from app.tasks import service, submit, waiting, watch
 from app.tasks.intake import Intake
 from app.tasks.schemas import (
     AssignmentList,
@@ -34,8 +35,24 @@ async def submit_task(body: TaskCreate, request: Request, principal: ClientDep) 
     # resolves every dependency on every request; they were a tenth of a submit's CPU).
     state = request.app.state
     intake: Intake = state.runtime.intake
-    row = submit.row_of(body, state.settings, owner=Owner.of(principal), session_id=None, session_key=None)
-    task, created = await intake.submit(row)  # concurrent submits share one statement (group commit)
+    header = request.headers.get("traceparent")
+    server = tracing.SERVER
+    if server is None:  # tracing off: the client's context is stored and passed on to the agent as it is
+        # The body's traceparent (checked) wins over the header's (ignored when invalid, per W3C).
+        client = tracing.client_traceparent(body.traceparent or header)
+        row = submit.row_of(
+            body, state.settings, owner=Owner.of(principal), session_id=None, session_key=None,
+            traceparent=client,
+        )  # fmt: skip
+        task, created = await intake.submit(row)  # concurrent submits share one statement (group commit)
+    else:
+        with server.submit(body.traceparent, header, body.type) as span:
+            row = submit.row_of(
+                body, state.settings, owner=Owner.of(principal), session_id=None, session_key=None,
+                traceparent=server.traceparent(span),
+            )  # fmt: skip
+            task, created = await intake.submit(row)
+            server.submitted(span, task.id, task.status, created)
     if created:
         state.runtime.metrics.tasks_submitted.labels(task.type).inc()
     if task.status == "pending":  # not leased at submit: this replica's dispatcher now, NOTIFY the others
@@ -52,13 +69,30 @@ async def submit_task(body: TaskCreate, request: Request, principal: ClientDep) 
 @router.post(":batch", status_code=status.HTTP_201_CREATED, response_model=TaskBatchOut)
 async def submit_batch(
     body: TaskBatchCreate,
+    request: Request,
     maker: MakerDep,
     settings: SettingsDep,
     signals: SignalsDep,
     metrics: MetricsDep,
     principal: ClientDep,
 ) -> Response:
-    results = await submit.submit_batch(engine_of(maker), settings, body.tasks, owner=Owner.of(principal))
+    header = request.headers.get("traceparent")
+    server = tracing.SERVER
+    bodies = [spec.traceparent for spec in body.tasks]
+    if server is None:
+        client = tracing.client_traceparent(header)
+        results = await submit.submit_batch(
+            engine_of(maker), settings, body.tasks, owner=Owner.of(principal),
+            traceparents=[tracing.client_traceparent(own) if own else client for own in bodies],
+        )  # fmt: skip
+    else:  # a submit span per task: each task is in its own client's trace
+        with server.submit_batch(bodies, header, [spec.type for spec in body.tasks]) as spans:
+            results = await submit.submit_batch(
+                engine_of(maker), settings, body.tasks, owner=Owner.of(principal),
+                traceparents=[server.traceparent(span) for span in spans],
+            )  # fmt: skip
+            for span, (task, created) in zip(spans, results, strict=True):
+                server.submitted(span, task.id, task.status, created)
     for task, created in results:
         if created:
             metrics.tasks_submitted.labels(task.type).inc()
@@ -98,9 +132,12 @@ async def get_task(
     maker: MakerDep,
     signals: SignalsDep,
     principal: ClientDep,
+    settings: SettingsDep,
     wait: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for a terminal state.")] = 0,
 ) -> TaskOut:
-    return service.to_out(await watch.wait_until_terminal(maker, signals, task_id, wait, viewer=principal))
+    task = await watch.wait_until_terminal(maker, signals, task_id, wait, viewer=principal)
+    async with maker() as session:  # only a pending task reads anything more: why it waits
+        return await waiting.view(session, task, fallback_after=settings.fallback_after)
 
 
 @router.get("/{task_id}/events")

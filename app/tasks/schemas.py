@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from agentplane import tracecontext
 from app.request_model import Integer, RequestModel, Seconds, StorableObject
 from app.storable import StorableText
 
@@ -43,6 +44,20 @@ class TaskCreate(RequestModel):
     strategy: StrategyName | None = None
     agent_ids: list[Name] | None = Field(default=None, min_length=1, max_length=1000)
     idempotency_key: StorableText | None = Field(default=None, min_length=1, max_length=200)
+    traceparent: str | None = Field(
+        default=None,
+        max_length=tracecontext.MAX_LENGTH,
+        description="W3C trace context of this task's parent span (else the request's `traceparent` header).",
+    )
+
+    @field_validator("traceparent")
+    @classmethod
+    def _w3c(cls, value: str | None) -> str | None:
+        # In the body it is our API's field, so a bad value is refused with its reason; the header is
+        # ignored when invalid, as the W3C spec asks of a receiver (app.tracing.client_traceparent).
+        if value is not None and (problem := tracecontext.problem(value)) is not None:
+            raise ValueError(f"not a W3C traceparent: {problem}")
+        return value
 
     @field_validator("capabilities")
     @classmethod
@@ -119,6 +134,7 @@ class TaskOut(BaseModel):
     lease_expires_at: datetime | None
     expires_at: datetime
     finished_at: datetime | None
+    trace_id: str | None = None  # the task's trace (W3C, 32 hex digits); None when it has no trace context
     # Only on a pending task read by id: why no agent has taken it (computed then, never on submit).
     waiting: WaitingOut | None = None
 

@@ -27,7 +27,7 @@ _FRAME_OVERHEAD = 4096  # room for the assign frame's other fields around the pa
 _INSERTED = (
     "id", "type", "required_capabilities", "payload", "priority", "max_attempts", "timeout", "queue_timeout",
     "model", "strategy", "max_cost", "estimated_tokens", "agent_ids", "idempotency_key", "session_id",
-    "session_key", "owner_key_id", "project", "min_versions", "fallback_models",
+    "session_key", "owner_key_id", "project", "min_versions", "fallback_models", "traceparent",
 )  # fmt: skip
 _TYPES = tuple(raw.pg_type(cast(Table, Task.__table__).c[name]) for name in _INSERTED)
 # One statement for a whole submission, whatever its size: the rows travel as one JSON document (so array
@@ -82,7 +82,9 @@ def row_of(
     owner: Owner,
     session_id: uuid.UUID | None,
     session_key: str | None,
+    traceparent: str | None = None,
 ) -> dict[str, Any]:
+    """``traceparent``: the span the server's spans for this task continue (app.tracing), version 00."""
     size = len(orjson.dumps(spec.payload))
     limit = settings.max_message_bytes - _FRAME_OVERHEAD
     if size > limit:
@@ -91,7 +93,7 @@ def row_of(
             f"(AGENT_MAX_MESSAGE_BYTES less the frame's envelope)",
             errors=[{"field": "payload", "message": f"at most {limit} bytes", "type": "too_large"}],
         )
-    return {
+    row = {
         "id": uuid.uuid4(),
         "type": spec.type,
         "required_capabilities": spec.capabilities,
@@ -116,6 +118,9 @@ def row_of(
         "assignment_id": None,
         "agent_model": None,
     }
+    if traceparent is not None:  # absent from the document is NULL: no cost for untraced tasks
+        row["traceparent"] = traceparent
+    return row
 
 
 async def insert_tasks(
@@ -126,13 +131,16 @@ async def insert_tasks(
     owner: Owner,
     session_id: uuid.UUID | None = None,
     session_keys: Sequence[str] | None = None,
+    traceparents: Sequence[str | None] | None = None,
 ) -> list[tuple[TaskOut, bool]]:
     """Insert on the caller's connection (in its transaction, if any); each task in order, and whether new.
-    ``owner`` comes from the principal the request was authenticated as: recording it costs no query."""
+    ``owner`` comes from the principal the request was authenticated as: recording it costs no query.
+    ``traceparents``: each task's stored trace context (app.tracing), or None for none."""
     keys = list(session_keys) if session_keys is not None else [None] * len(specs)
+    parents = list(traceparents) if traceparents is not None else [None] * len(specs)
     rows = [
-        row_of(spec, settings, owner=owner, session_id=session_id, session_key=key)
-        for spec, key in zip(specs, keys, strict=True)
+        row_of(spec, settings, owner=owner, session_id=session_id, session_key=key, traceparent=parent)
+        for spec, key, parent in zip(specs, keys, parents, strict=True)
     ]
     results, _ = await insert_rows(db, settings, rows)
     return results
@@ -188,9 +196,14 @@ async def _existing_or_created(
 
 
 async def submit_batch(
-    engine: AsyncEngine, settings: Settings, specs: Sequence[TaskCreate], *, owner: Owner
+    engine: AsyncEngine,
+    settings: Settings,
+    specs: Sequence[TaskCreate],
+    *,
+    owner: Owner,
+    traceparents: Sequence[str | None] | None = None,
 ) -> list[tuple[TaskOut, bool]]:
     """Each task as stored, and whether it is new (False: a repeated idempotency key)."""
     # A transaction: should a repeated key's task not be found, none of the batch is kept (all or nothing).
     async with raw.transaction(engine) as db:
-        return await insert_tasks(db, settings, specs, owner=owner)
+        return await insert_tasks(db, settings, specs, owner=owner, traceparents=traceparents)
