@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "agentplane.json"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 DATASOURCE_UID = "prometheus"
+TEMPO_UID = "tempo"
 # Series Prometheus itself writes for every scrape target. Alert rules may use them (a "target down" alert
 # needs `up`); the dashboard may not, it shows only what the app exports.
 PROMETHEUS_TARGET_SERIES = frozenset({"up"})
@@ -258,8 +259,8 @@ def test_panels_have_titles_datasources_and_unique_ids() -> None:
         grid = panel["gridPos"]
         assert grid["w"] > 0, panel["title"]
         assert 0 <= grid["x"] <= 24 - grid["w"], panel["title"]
-        if panel["type"] == "row":
-            continue
+        if panel["type"] == "row" or panel.get("datasource", {}).get("uid") == TEMPO_UID:
+            continue  # trace panels: test_trace_panels_query_spans_the_server_emits
         assert panel.get("datasource", {}).get("uid") == DATASOURCE_UID, panel["title"]
         targets = panel.get("targets", [])
         assert targets, f"panel {panel['title']!r} has no query"
@@ -268,7 +269,29 @@ def test_panels_have_titles_datasources_and_unique_ids() -> None:
             assert target["expr"].strip(), panel["title"]
             assert target.get("datasource", {}).get("uid") == DATASOURCE_UID, panel["title"]
     titles = {panel["title"] for panel in panels if panel["type"] == "row"}
-    assert titles >= {"Fleet", "Throughput & latency", "Queue", "Cost & tokens", "Sessions", "Health", "HTTP"}
+    assert titles >= {
+        "Fleet", "Throughput & latency", "Queue", "Cost & tokens", "Sessions", "Health", "HTTP", "Traces"
+    }  # fmt: skip
+
+
+def test_trace_panels_query_spans_the_server_emits() -> None:
+    """The slow-task table (Tempo) names span names app/tracing.py really writes, and the Tempo data
+    source the stack provisions."""
+    tracing_source = (ROOT / "app" / "tracing.py").read_text()
+    provisioned = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/tempo.yml").read_text())
+    assert [source["uid"] for source in provisioned["datasources"]] == [TEMPO_UID]
+    panels = [
+        p for p in all_panels(load_dashboard()["panels"]) if p.get("datasource", {}).get("uid") == TEMPO_UID
+    ]
+    assert panels, "no panel links slow tasks to their traces"
+    for panel in panels:
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == TEMPO_UID
+            assert target["queryType"] == "traceql"
+            names = re.findall(r'name = "([^"]+)"', target["query"])
+            assert names, target["query"]
+            for name in names:
+                assert f'"{name}"' in tracing_source, f"{panel['title']}: no span is named {name!r}"
 
 
 # ---------------------------------------------------------------------------------------- promtool
@@ -296,6 +319,8 @@ def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
     rules = []
     for panel in all_panels(load_dashboard()["panels"]):
         for target in panel.get("targets", []):
+            if target.get("datasource", {}).get("uid") == TEMPO_UID:
+                continue  # TraceQL, not PromQL
             expr = target["expr"]
             for variable, value in grafana_variables.items():
                 expr = expr.replace(variable, value)
