@@ -60,8 +60,7 @@ _UPSERT = """WITH agent AS (
         version = agents.version + 1, owner_key_id = coalesce(agents.owner_key_id, excluded.owner_key_id),
         task_types = excluded.task_types,
         -- Reconnecting does not end a quarantine: only its cool-down, a success or an operator does.
-        status = CASE WHEN agents.status = 'quarantined' AND agents.quarantined_until > now()
-            THEN agents.status ELSE excluded.status END
+        status = CASE WHEN agents.quarantined_until > now() THEN 'quarantined' ELSE excluded.status END
     RETURNING name, model, max_concurrency, tasks_completed, tasks_failed, version, status
 ), gone AS (
     DELETE FROM agent_capabilities WHERE agent_id = $1 AND name <> ALL($8::text[])
