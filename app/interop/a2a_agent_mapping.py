@@ -136,6 +136,7 @@ class Translation:
     done: bool = False
     progress: float = 0.0
     _accepted: bool = False
+    _reported: tuple[float, str] | None = None
     _artifacts: dict[str, Artifact] = field(default_factory=dict)
 
     def feed(self, event: StreamResponse) -> list[Frame]:
@@ -196,7 +197,10 @@ class Translation:
                 self.progress = float(reported)
             elif not text:
                 return frames
-            frames.append(Progress(assignment_id=assignment_id, progress=self.progress, message=text[:2000]))
+            report = (self.progress, text[:2000])
+            if report != self._reported:  # a polled task repeats its last status until it changes
+                self._reported = report
+                frames.append(Progress(assignment_id=assignment_id, progress=report[0], message=report[1]))
         elif state == TaskState.TASK_STATE_COMPLETED:
             parts = [part for artifact in self._artifacts.values() for part in artifact.parts]
             output = output_of(parts or list(status.message.parts))

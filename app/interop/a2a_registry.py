@@ -215,7 +215,10 @@ class A2AAgents(BackgroundService):
             card = await A2ACardResolver(http, card_url).get_agent_card(
                 relative_card_path="/", http_kwargs={"timeout": self.settings.health_check_timeout}
             )
-            config = ClientConfig(httpx_client=http, streaming=card.capabilities.streaming)
+            # Without streaming, the message returns at once and the task is polled: its id is known, so a
+            # cancel can reach it, and its status updates still become progress.
+            streaming = card.capabilities.streaming
+            config = ClientConfig(httpx_client=http, streaming=streaming, polling=not streaming)
             try:
                 client = ClientFactory(config).create(card)
             except ValueError:

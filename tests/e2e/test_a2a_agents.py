@@ -5,8 +5,10 @@ saw), registered through `POST /api/v1/agents/a2a` on a real server, beside a re
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,12 +39,13 @@ WS_AGENT = "ws-word-counter"
 class StandIn(ChildProcess):
     """The stand-in A2A agent's process, on a port that stays the same across restarts."""
 
-    def __init__(self, log_dir: Path, token: str | None = TOKEN) -> None:
+    def __init__(self, log_dir: Path, token: str | None = TOKEN, *, streaming: bool = True) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.journal = log_dir / f"a2a-journal-{self.port}.jsonl"
         self.log_path = log_dir / f"a2a-standin-{self.port}.log"
         self.token = token
+        self.streaming = streaming
 
     def start(self) -> StandIn:
         args = [sys.executable, "-m", "tests.support.a2a_standin", str(self.port), str(self.journal)]
@@ -50,6 +53,7 @@ class StandIn(ChildProcess):
             self.process = subprocess.Popen(
                 [*args, *([self.token] if self.token else [])],
                 cwd=PROJECT_ROOT,
+                env={**os.environ, "STANDIN_STREAMING": "1" if self.streaming else "0"},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -244,6 +248,30 @@ async def test_a_card_that_cannot_be_fetched_makes_the_agent_unhealthy_until_it_
     assert not checks[0]["ok"]
     standin.start()
     await eventually_async(lambda: _agent_status_is(server, a2a_id, "active"), timeout=20)
+
+
+async def test_an_agent_whose_card_does_not_stream_is_polled(
+    server: ServerProcess, database_url: str, tmp_path: Path
+) -> None:
+    standin = StandIn(tmp_path, streaming=False).start()
+    try:
+        response = await register(
+            server, standin.base_url, headers={"Authorization": {"env": "STANDIN_TOKEN"}}
+        )
+        assert response.status_code == 201, response.text
+        a2a_id = response.json()["id"]
+        [task_id] = await submit(server, 1, delay_ms=1500, agent_ids=[a2a_id])
+        [done] = await finished(server, [task_id])
+        assert done["status"] == "succeeded"
+        assert done["result"] == {"words": 5}
+        progress = await sql.fetchval(
+            database_url,
+            "SELECT count(DISTINCT data::text) FROM task_events WHERE task_id = $1 AND kind = 'progress'",
+            uuid.UUID(task_id),
+        )
+        assert progress >= 2  # the polled task's status messages, each once
+    finally:
+        standin.kill()
 
 
 async def test_bad_registrations_are_field_level_problems(server: ServerProcess, tmp_path: Path) -> None:

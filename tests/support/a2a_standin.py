@@ -4,13 +4,15 @@ JOURNAL [TOKEN]`) so a test can stop it like a real remote agent going away.
 
 Every task it starts and every CancelTask it handles is appended to JOURNAL (JSON lines), so the test reads
 what the agent itself saw, not what the control plane says it sent. With TOKEN, both the card and JSON-RPC
-require `Authorization: Bearer TOKEN` (credentials the control plane must present).
+require `Authorization: Bearer TOKEN` (credentials the control plane must present). STANDIN_STREAMING=0
+serves a card without streaming (the control plane then polls the task).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,7 +110,7 @@ def card(base_url: str) -> AgentCard:
         supported_interfaces=[
             AgentInterface(url=f"{base_url}/a2a", protocol_binding="JSONRPC", protocol_version="1.0")
         ],
-        capabilities=AgentCapabilities(streaming=True),
+        capabilities=AgentCapabilities(streaming=os.environ.get("STANDIN_STREAMING", "1") == "1"),
         default_input_modes=["application/json", "text/plain"],
         default_output_modes=["application/json"],
         skills=[
