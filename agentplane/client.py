@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -13,6 +13,7 @@ import orjson
 from agentplane.urls import DEFAULT_URL, KEY_ENV, api_urls
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
+PENDING_FIRST_LOOK = 3.0  # seconds: the first long-poll of a wait that reports why a task is pending
 # Older names of the key variable, still read after AGENTPLANE_KEY (docs/decisions.md).
 KEY_ALIASES = ("AGENTPLANE_AGENT_KEY",)
 
@@ -104,16 +105,29 @@ class Client:
     def get(self, task_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/tasks/{task_id}"))
 
-    def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
-        """Long-poll until the task is terminal (or ``timeout`` seconds pass); returns it either way."""
+    def wait(
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        *,
+        on_pending: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Long-poll until the task is terminal (or ``timeout`` seconds pass); returns it either way.
+        ``on_pending``: called with the task each time a poll finds it still pending (its ``waiting`` says
+        why); the first poll is then short, so a task nobody can take is reported within seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        first = True
         while True:
-            remaining = 60.0 if deadline is None else max(0.0, min(60.0, deadline - time.monotonic()))
+            longest = PENDING_FIRST_LOOK if first and on_pending is not None else 60.0
+            first = False
+            remaining = longest if deadline is None else max(0.0, min(longest, deadline - time.monotonic()))
             task = dict(
                 self._call("GET", f"/tasks/{task_id}", params={"wait": remaining}, timeout=remaining + 30)
             )
             if task["status"] in TERMINAL or (deadline is not None and time.monotonic() >= deadline):
                 return task
+            if task["status"] == "pending" and on_pending is not None:
+                on_pending(task)
 
     def cancel(self, task_id: str) -> dict[str, Any]:
         return dict(self._call("POST", f"/tasks/{task_id}/cancel"))

@@ -39,6 +39,24 @@ def _print(value: Any) -> None:
     print(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
+class _Waiting:
+    """`submit --wait` says on stderr why the task waits, once per new reason, so it never hangs silently."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+
+    def report(self, task: dict[str, Any]) -> None:
+        waiting = task.get("waiting") or {}
+        reason = waiting.get("reason")
+        if not reason or reason == self.last:
+            return
+        self.last = reason
+        print(f"agentplane: task {task['id']} is waiting: {reason}", file=sys.stderr)
+        for refusal in waiting.get("refusals", [])[:3]:
+            said = refusal.get("reason") or "no reason given"
+            print(f"  refused by {refusal['agent_id']}: {said}", file=sys.stderr)
+
+
 def cmd_task(args: argparse.Namespace) -> int:
     key = api_key(args.key)
     if not key:
@@ -76,7 +94,7 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         if not args.wait:
             _print(task)
             return 0
-        task = client.wait(task["id"])
+        task = client.wait(task["id"], on_pending=_Waiting().report)
         _print(
             task["result"]
             if task["status"] == "succeeded"

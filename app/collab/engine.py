@@ -136,12 +136,15 @@ async def advance(
         row.round = decision.round
     await _add_events(session, events)
     budget = row.budget
-    if decision.done:
+    over_budget = budget is not None and cost >= budget
+    # A subtask may spend only what the session has left (_submit): one that failed for going over it failed
+    # the session's budget, not its work.
+    if decision.done and not (over_budget and decision.status != "succeeded"):
         assert decision.status is not None
         await end(
             session, row, advanced, status=decision.status, result=decision.result, error=decision.error
         )
-    elif budget is not None and cost >= budget:
+    elif over_budget:
         # A session that has just finished keeps its answer (the money is spent); only new spending stops.
         message = f"reported cost {cost:.6f} reached the budget {budget:.6f}"
         error = {"code": "budget_exceeded", "message": message, "cost": cost, "budget": budget}

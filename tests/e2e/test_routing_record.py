@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import re
+import sys
 from typing import Any
 
 import httpx
@@ -193,3 +198,37 @@ async def test_a_waiting_task_lists_the_agents_that_refused_it(server: ServerPro
             await client.post(f"/api/v1/tasks/{task['id']}/cancel")
     finally:
         await picky.close()
+
+
+async def test_task_submit_wait_says_why_the_task_waits(server: ServerProcess, agent_key: str) -> None:
+    reviewer = await ListeningAgent.connect(
+        server.ws_url, agent_key, agent_id="cli-reviewer", capabilities=["cli-typed"], task_types=["review"]
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "AGENTPLANE_"))}
+    env = {**clean, "AGENTPLANE_URL": server.base_url, "AGENTPLANE_KEY": server.admin_key}
+    command = [sys.executable, "-m", "agentplane", "task", "submit", "--type", "translate"]
+    cli = await asyncio.create_subprocess_exec(
+        *command,
+        "--capability",
+        "cli-typed",
+        "--wait",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert cli.stderr is not None
+        line = (await asyncio.wait_for(cli.stderr.readline(), 30)).decode()
+        match = re.fullmatch(r"agentplane: task (\S+) is waiting: (.*)\n", line)
+        assert match is not None, line
+        assert match[2] == "no connected agent handles type 'translate'"
+        async with server.async_client() as client:
+            assert (await client.post(f"/api/v1/tasks/{match[1]}/cancel")).status_code == 200
+        out, _ = await asyncio.wait_for(cli.communicate(), 30)
+        assert cli.returncode == 1
+        assert json.loads(out)["status"] == "cancelled"
+    finally:
+        if cli.returncode is None:
+            cli.kill()
+            await cli.wait()
+        await reviewer.close()
