@@ -78,9 +78,17 @@ async def _calibrate(
     return max_rate, {"calibrated_max_rate": round(max_rate, 1), "calibration_tasks": len(ends)}
 
 
-async def measure(server: servers.Server, client_key: str, scenario: Scenario, sampler: Sampler) -> Measured:
+async def measure(
+    server: servers.Server,
+    client_key: str,
+    scenario: Scenario,
+    sampler: Sampler,
+    results: servers.Server | None = None,
+) -> Measured:
+    """``results``: the replica the agents are on, whose finished-task counter tells when the run is done (a
+    replica counts the results it records); the same server unless the tasks cross replicas."""
     extra: dict[str, Any] = {}
-    async with server.client(client_key) as client, server.client() as admin:
+    async with server.client(client_key) as client, (results or server).client() as admin:
         if scenario.name == "latency" and scenario.rate is None and scenario.concurrency is None:
             max_rate, extra = await _calibrate(client, admin, scenario)
             scenario = replace(scenario, rate=round(max_rate * scenario.rate_fraction, 1))
@@ -213,7 +221,7 @@ def run_tasks(
         }
         sampler = Sampler({name: pids for name, pids in groups.items() if pids}, solo=frozenset({"harness"}))
         say(f"submitting {scenario.tasks} tasks")
-        measured = asyncio.run(measure(server, client_key, scenario, sampler))
+        measured = asyncio.run(measure(server, client_key, scenario, sampler, results=agents_server))
         say("stopping the agents")
         summarize_run(record, measured, fleet.stop())
     return record
