@@ -145,11 +145,13 @@ class Runtime:
         claim them there (the hand-over grace)."""
         connections = list(self.hub)
         for connection in connections:
+            connection.expect_back = True
             connection.close(CloseCode.SERVER_DRAINING, GOODBYE)
         await asyncio.gather(*(connection.drained(grace) for connection in connections))
 
     async def stop(self) -> None:
         for connection in self.hub:
+            connection.expect_back = True
             connection.close(CloseCode.SERVER_DRAINING, GOODBYE)
         for loop in self._loops:
             loop.cancel()

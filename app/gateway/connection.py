@@ -74,6 +74,9 @@ class Connection:
         self.closed = False
         self.close_code: int | None = None
         self.peer_close_code: int | None = None  # the code the agent closed with (1000: it is done for good)
+        # Closed by the server expecting the agent back (the replica stopping, or declared dead and back): its
+        # leases wait out the hand-over grace for it, as when the socket drops.
+        self.expect_back = False
         self.undelivered: list[uuid.UUID] = []  # assigns that never reached the socket
         self._outbox: deque[_Item] = deque()
         self._writer: asyncio.Task[None] | None = None

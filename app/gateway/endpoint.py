@@ -339,13 +339,14 @@ class Gateway:
 
     def _hands_over(self, connection: Connection) -> bool:
         """Whether the socket's leases wait for the agent to reconnect and claim them (the hand-over grace):
-        yes when the connection was lost or this replica is stopping; no when the agent said goodbye (1000:
-        nothing it held will be claimed) or the server closed it for misbehaving (a slow reader, a protocol
-        violation, a revoked key: requeued at once, as before)."""
+        yes when the connection was lost, or the server closed it expecting the agent back (this replica
+        stopping, or declared dead and back); no when the agent said goodbye (1000: nothing it held will be
+        claimed) or the server closed it for misbehaving (a slow reader, a protocol violation, a revoked key:
+        requeued at once, as before)."""
         return (
             self.settings.handover_grace > 0
             and connection.peer_close_code != 1000
-            and connection.close_code in (None, CloseCode.SERVER_DRAINING)
+            and (connection.close_code is None or connection.expect_back)
         )
 
     async def _disconnect(self, connection: Connection, *, handover: bool) -> Outcome:

@@ -65,12 +65,15 @@ async def reconcile(
         agents = {record["id"]: record for record in await db.fetch(_AGENTS, sorted(connections))}
         ended = await db.fetch(_ENDED, sorted(held), _OPEN) if held else []
     for agent_id, connection in connections.items():
+        if hub.get(agent_id) is not connection or connection.closed:
+            continue  # closed, or replaced by a new registration, while we read: not ours to judge
         row = agents.get(agent_id)
         if row is None:
             connection.close(CloseCode.DEREGISTERED, "the agent was deregistered")
         elif row["version"] != connection.version or row["replica_id"] != replica_id:
             connection.close(CloseCode.REPLACED, "the agent registered again elsewhere")
         elif row["status"] == AgentStatus.OFFLINE:
+            connection.expect_back = True  # what it still runs is claimed when it registers again
             connection.close(CloseCode.TRY_AGAIN_LATER, "this replica was declared dead; register again")
         else:
             local = fleet.agents.get(agent_id)
@@ -84,6 +87,8 @@ async def reconcile(
     for record in ended:
         assignment_id: uuid.UUID = record["id"]
         agent_id = held[assignment_id]
+        if hub.get(agent_id) is not connections[agent_id]:
+            continue  # the agent registered again meanwhile: its leases were settled by that registration
         if record["status"] not in _ANSWERED:
             hub.send(agent_id, Cancel(assignment_id=assignment_id, reason=record["reason"] or "lease ended"))
             done.cancelled += 1

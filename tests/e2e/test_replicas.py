@@ -377,8 +377,10 @@ async def test_a_cancel_and_a_drain_sent_while_the_holders_listener_is_down_stil
     fresh_database_url: str, tmp_path: Path
 ) -> None:
     proxy = TcpProxy.in_front_of(fresh_database_url).start()
-    a = ServerProcess(proxy.url_for(fresh_database_url), env=dict(REPLICA_ENV), log_dir=tmp_path).start()
-    b = ServerProcess(fresh_database_url, env=dict(REPLICA_ENV), log_dir=tmp_path).start()
+    # A is not declared dead while its database is away (that is another test): only its listener is lost.
+    env = {**REPLICA_ENV, "AGENTPLANE_REPLICA_TIMEOUT": "60"}
+    a = ServerProcess(proxy.url_for(fresh_database_url), env=env, log_dir=tmp_path).start()
+    b = ServerProcess(fresh_database_url, env=env, log_dir=tmp_path).start()
     try:
         key = b.create_key("agent", name="listener-cut")
         runs = Runs()
