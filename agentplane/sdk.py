@@ -45,7 +45,7 @@ from agentplane._sdk_link import (
     until,
 )
 from agentplane.protocol import CapabilitySpec, CloseCode, Usage, WsErrorCode
-from agentplane.urls import agent_urls
+from agentplane.urls import agent_urls, redacted
 
 __all__ = [
     "Agent",
@@ -169,8 +169,9 @@ class Agent:
                 if len(self.urls) > 1 and (not registered or code in GO_ELSEWHERE):
                     self._url_index = (self._url_index + 1) % len(self.urls)
                 delay = reconnect_delay(failures)
+                target = redacted(self.url)
                 logger.warning(
-                    "disconnected (%s %s); reconnecting to %s in %.2f s", code, reason, self.url, delay
+                    "disconnected (%s %s); reconnecting to %s in %.2f s", code, reason, target, delay
                 )
                 await until(asyncio.sleep(delay), self._stop)
         finally:

@@ -71,14 +71,27 @@ def api_url(url: str) -> str:
     return urlunsplit((_HTTP_OF[parts.scheme], parts.netloc, path, "", ""))
 
 
+def redacted(url: str) -> str:
+    """``url`` fit for a log line or an error message: no user:password, no query (a `?token=` key)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc.rpartition("@")[2]
+    if parts.netloc != netloc:
+        netloc = f"***@{netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+
+
 def _check(url: str) -> SplitResult:
     parts = urlsplit(url)
+    shown = redacted(url)
     if parts.scheme not in _WS_OF and parts.scheme not in _HTTP_OF:
-        raise ServerUrlError(f"server URL {url!r}: expected http://, https://, ws:// or wss://")
+        raise ServerUrlError(f"server URL {shown!r}: expected http://, https://, ws:// or wss://")
     if not parts.hostname:
-        raise ServerUrlError(f"server URL {url!r}: no host")
+        raise ServerUrlError(f"server URL {shown!r}: no host")
     try:
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError as exc:
-        raise ServerUrlError(f"server URL {url!r}: {exc}") from exc
+        raise ServerUrlError(f"server URL {shown!r}: {exc}") from exc
     return parts

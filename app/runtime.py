@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -191,9 +193,10 @@ class Runtime:
 
     async def _heartbeat_once(self) -> None:
         if not await self.identity.ensure():
-            # Another process took this id while the lock's connection was down: it owns these agents now.
-            for connection in self.hub:
-                connection.close(CloseCode.SERVER_DRAINING, "another process took this replica's id")
+            # Another process took this id while the lock's connection was down: it owns these agents and
+            # leases now, so this process must not serve them. A clean stop (SIGTERM, as an operator would).
+            logger.error("replica id %r is held by another process; stopping", self.replica_id)
+            os.kill(os.getpid(), signal.SIGTERM)
             return
         async with raw.connection(self.engine) as db:
             created = await db.fetchval(_HEARTBEAT, self.replica_id)

@@ -70,9 +70,6 @@ _UPSERT = """WITH agent AS (
     ON CONFLICT (agent_id, name) DO UPDATE SET type = excluded.type, version = excluded.version
 )
 SELECT * FROM agent"""
-# Hand-over: the leases the reconnecting agent still holds move to this replica, if they are still open.
-_CLAIM_HELD = """UPDATE assignments SET replica_id = $3
-WHERE id = ANY($2::uuid[]) AND agent_id = $1 AND status IN ('assigned', 'running') RETURNING id"""
 # Of the rest it named, those whose answer is recorded need no cancel: the agent's resent result is acked.
 _ANSWERED = """SELECT id FROM assignments WHERE id = ANY($1::uuid[]) AND status IN ('succeeded', 'failed')"""
 
@@ -124,16 +121,14 @@ async def register(
     held: tuple[uuid.UUID, ...] = ()
     released: tuple[uuid.UUID, ...] = ()
     if existing is not None and existing["holds_work"]:
-        requeued = await recovery.requeue_open_assignments(
+        requeued, held = await recovery.hand_over(
             session,
-            agent_ids=[agent_id],
-            reason="agent reconnected",
-            undelivered=set(undelivered),
-            keep=holding,
+            agent_id,
+            holding,
+            replica_id=replica_id,
+            undelivered=undelivered,
             quarantine=quarantine,  # what it no longer holds, it lost
         )
-        if holding:
-            held = tuple(r["id"] for r in await db.fetch(_CLAIM_HELD, agent_id, sorted(holding), replica_id))
     if holding - set(held):
         lost = holding - set(held)
         answered = {record["id"] for record in await db.fetch(_ANSWERED, sorted(lost))}
@@ -190,9 +185,21 @@ async def disconnect(
     never reached the socket; they go back to the queue now and cost their task no attempt. The rest goes
     back now too, unless ``handover``: then it waits for the agent to reconnect and claim it, and the reaper
     requeues what nobody claimed within the grace period (app.tasks.recovery.requeue_abandoned)."""
-    current = await session.scalar(select(Agent.version).where(Agent.id == agent_id))
+    row = (await session.execute(select(Agent.version, Agent.replica_id).where(Agent.id == agent_id))).first()
+    current, owner = (row[0], row[1]) if row is not None else (None, None)
     if current != version:
-        return lifecycle.Outcome()
+        if current is None or owner == replica_id:
+            return lifecycle.Outcome()  # gone, or registered here again: that registration settled its work
+        # A newer registration elsewhere owns the agent and claimed what it still holds; work this replica
+        # leased to the abandoned socket after that (before the `replace` reached it) was never run.
+        return await recovery.requeue_open_assignments(
+            session,
+            agent_ids=[agent_id],
+            replica_id=replica_id,
+            reason="assigned to a socket the agent had already left",
+            undelivered=True,
+            registration=(agent_id, current),
+        )
     undelivered = set(undelivered)
     if handover and not undelivered:
         outcome = lifecycle.Outcome()
@@ -204,6 +211,7 @@ async def disconnect(
             assignment_ids=sorted(undelivered) if handover else None,
             reason="agent disconnected",
             undelivered=undelivered,
+            registration=(agent_id, version),
             quarantine=quarantine,
         )
     await session.execute(

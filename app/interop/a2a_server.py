@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
@@ -75,6 +76,7 @@ logger = logging.getLogger(__name__)
 
 JSONRPC_PATH = "/a2a/jsonrpc"
 CARD_PATH = "/.well-known/agent-card.json"
+CARD_TTL = 2.0  # seconds the public card's skills are reused before the registry is read again
 SEND_WAIT = 60.0  # seconds a blocking SendMessage waits before answering with the task still open
 
 P = ParamSpec("P")
@@ -227,18 +229,25 @@ def dispatcher(fleet: Fleet) -> JsonRpcDispatcher:
 
 
 def card_route(fleet: Fleet) -> Callable[[Request], Awaitable[JSONResponse]]:
+    live: list[tuple[float, list[str]]] = []  # (read at, the capabilities with an active agent)
+
     async def agent_card(request: Request) -> JSONResponse:
-        """The card, built per request: its skills are the capabilities of the agents active now."""
+        """The card: its skills are the capabilities of the agents active now. It is public (A2A discovery),
+        so the capabilities are read at most once per CARD_TTL seconds, whoever asks how often."""
         url = resource_url(request, JSONRPC_PATH)
-        index = await fleet.capabilities()
+        now = time.monotonic()
+        if not live or now - live[0][0] > CARD_TTL:
+            index = await fleet.capabilities()
+            live[:] = [(now, [item.name for item in index.items if item.active_agents])]
         skills = [
             AgentSkill(
-                id=item.name, name=item.name, tags=[item.name],
-                description=f"Tasks needing {item.name}, routed to one of {item.active_agents} agents.",
+                id=name,
+                name=name,
+                tags=[name],
+                description=f"Tasks needing {name}, routed to a capable agent.",
             )
-            for item in index.items
-            if item.active_agents
-        ]  # fmt: skip
+            for name in live[0][1]
+        ]
         bearer = SecurityScheme(
             http_auth_security_scheme=HTTPAuthSecurityScheme(
                 scheme="bearer", description="An Agentplane API key with the client scope."

@@ -87,7 +87,9 @@ class Fleet:
         if task_id is not None:
             row["id"] = task_id
         intake: Intake = self._state.runtime.intake
-        task, _ = await intake.submit(row)
+        task, created = await intake.submit(row)
+        if created:
+            self._state.runtime.metrics.tasks_submitted.labels(task.type).inc()
         if task.status == "pending":
             self.signals.work_available()
         return task

@@ -23,8 +23,15 @@ BATCH = 500
 _LAPSED = f"""{TaskRow.select()} WHERE status = ANY($1::text[]) AND lease_expires_at < $2
 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED"""
 _BACK = "SELECT id FROM agents WHERE id = ANY($1::text[]) AND status <> 'offline'"
+_VERSION = "SELECT version FROM agents WHERE id = $1"
+# Hand-over: the leases the reconnecting agent still holds move to this replica, if they are still open.
+_CLAIM_HELD = """UPDATE assignments SET replica_id = $3
+WHERE id = ANY($2::uuid[]) AND agent_id = $1 AND status IN ('assigned', 'running') RETURNING id"""
 # Open leases whose agent has been offline (or gone) longer than the hand-over grace: nobody claimed them.
-_ABANDONED = """SELECT a.id FROM assignments a LEFT JOIN agents g ON g.id = a.agent_id
+# `agents_fault`: the lease's replica is alive, so the agent's own socket dropped; a replica that stopped or
+# died (its row is gone) is no fault of its agents.
+_ABANDONED = """SELECT a.id, EXISTS (SELECT 1 FROM replicas r WHERE r.id = a.replica_id) AS agents_fault
+FROM assignments a LEFT JOIN agents g ON g.id = a.agent_id
 WHERE a.status IN ('assigned', 'running')
     AND (g.id IS NULL OR (g.status = 'offline' AND g.last_seen_at < now() - make_interval(secs => $1)))
 ORDER BY a.id LIMIT $2"""
@@ -40,19 +47,20 @@ async def requeue_open_assignments(
     assignment_ids: Sequence[uuid.UUID] | None = None,
     reason: str,
     undelivered: bool | Collection[uuid.UUID] = False,
-    keep: Collection[uuid.UUID] = (),
     unless_back: bool = False,
+    registration: tuple[str, int] | None = None,
     quarantine: Quarantine | None = None,
 ) -> Outcome:
     """The agents (or a replica's agents) are gone: their leased tasks go back to the queue at once.
 
     The attempt stays charged (a task whose attempts are spent fails with ``agent_lost``), unless the work
     was ``undelivered`` (True: all of it; or these assignment ids): an `assign` that never reached the
-    agent's socket costs the task nothing. ``keep``: assignments left alone (the agent still holds them).
-    ``unless_back``: skip the assignments of agents that are no longer offline once the rows are locked (they
-    reconnected and claimed their work meanwhile). ``quarantine``: the loss is the agent's (it disconnected,
-    went unhealthy, did not come back): each delivered assignment is a lapse on its record (app.tasks.work);
-    None when it is not (an operator, a replica that died, an assign never sent).
+    agent's socket costs the task nothing. ``unless_back``: skip the assignments of agents that are no longer
+    offline once the rows are locked (they reconnected and claimed their work meanwhile). ``registration``
+    (agent id, version): act only if that registration still owns the agent once the rows are locked (a newer
+    one may have claimed them). ``quarantine``: the loss is the agent's (it disconnected, went unhealthy, did
+    not come back): each delivered assignment is a lapse on its record (app.tasks.work); None when it is not
+    (an operator, a replica that died, an assign never sent).
     """
     query = select(Assignment.id).where(Assignment.status.in_(OPEN_ASSIGNMENT))
     if agent_ids is not None:
@@ -61,24 +69,91 @@ async def requeue_open_assignments(
         query = query.where(Assignment.replica_id == replica_id)
     if assignment_ids is not None:
         query = query.where(Assignment.id.in_(list(assignment_ids)))
-    ids = [assignment_id for assignment_id in await session.scalars(query) if assignment_id not in keep]
-    outcome = Outcome()
+    ids = list(await session.scalars(query))
     if not ids:
-        return outcome
+        return Outcome()
     work = await Work.begin(session)
     if quarantine is not None:
         work.quarantine = quarantine
     await work.lock(ids)
+    # Read after the locks: a registration that claimed these rows has committed by now (its claim locked
+    # them), so its agent no longer reads as offline and its version is the new one.
+    if registration is not None:
+        agent_id, version = registration
+        if await work.db.fetchval(_VERSION, agent_id) != version:
+            return Outcome()
     back: set[str] = set()
     if unless_back:
-        # Read after the locks: a registration that claimed these rows has committed by now (the rows were
-        # locked by its claim), so its agent no longer reads as offline.
         agents = sorted({row.agent_id for row in work.assignments.values()})
         back = {record["id"] for record in await work.db.fetch(_BACK, agents)}
+    if replica_id is not None:  # a claim moved the row to the agent's new replica
+        ids = [i for i in ids if (r := work.assignments.get(i)) is not None and r.replica_id == replica_id]
+    outcome = _requeue_locked(
+        work,
+        [i for i in ids if (row := work.assignments.get(i)) is None or row.agent_id not in back],
+        reason=reason,
+        undelivered=undelivered,
+        quarantine=quarantine,
+    )
+    await work.flush()
+    return outcome
+
+
+async def hand_over(
+    session: AsyncSession,
+    agent_id: str,
+    holding: Collection[uuid.UUID],
+    *,
+    replica_id: str,
+    undelivered: Collection[uuid.UUID] = (),
+    quarantine: Quarantine | None = None,
+) -> tuple[Outcome, tuple[uuid.UUID, ...]]:
+    """The agent registers again: the open leases it names (``holding``) move to ``replica_id``, the rest of
+    its open work goes back to the queue (charged, and a lapse, unless ``undelivered``). Every row is locked
+    first, tasks before assignments in id order like every other writer, and only then claimed or requeued.
+    Returns the requeue's outcome and the assignment ids now held through this replica."""
+    ids = list(
+        await session.scalars(
+            select(Assignment.id).where(
+                Assignment.agent_id == agent_id, Assignment.status.in_(OPEN_ASSIGNMENT)
+            )
+        )
+    )
+    if not ids:
+        return Outcome(), ()
+    work = await Work.begin(session)
+    if quarantine is not None:
+        work.quarantine = quarantine
+    await work.lock(ids)
+    keep = sorted(i for i in ids if i in holding)
+    claimed = await work.db.fetch(_CLAIM_HELD, agent_id, keep, replica_id) if keep else []
+    held = tuple(record["id"] for record in claimed)
+    for assignment_id in held:  # the claim wrote the row: the unit of work must not write it back
+        work.assignments.pop(assignment_id, None)
+    outcome = _requeue_locked(
+        work,
+        [i for i in ids if i not in held],
+        reason="agent reconnected",
+        undelivered=set(undelivered),
+        quarantine=quarantine,
+    )
+    await work.flush()
+    return outcome, held
+
+
+def _requeue_locked(
+    work: Work,
+    ids: Sequence[uuid.UUID],
+    *,
+    reason: str,
+    undelivered: bool | Collection[uuid.UUID],
+    quarantine: Quarantine | None,
+) -> Outcome:
+    outcome = Outcome()
     for assignment_id in ids:
         assignment = work.assignments.get(assignment_id)
-        if assignment is None or assignment.status not in OPEN_ASSIGNMENT or assignment.agent_id in back:
-            continue  # finished while we were looking, or its agent came back for it
+        if assignment is None or assignment.status not in OPEN_ASSIGNMENT:
+            continue  # finished while we were looking
         assignment.status, assignment.finished_at, assignment.reason = "lost", work.now, reason
         task = work.current_task(assignment)
         if task is None:
@@ -115,7 +190,6 @@ async def requeue_open_assignments(
                 lapsed=lapsed,
             )
         )
-    await work.flush()
     return outcome
 
 
@@ -187,13 +261,17 @@ async def requeue_abandoned(
     to the queue (the attempt stays charged: the agent may have run it)."""
     await session.execute(select(1))  # begins the session's transaction, which the statement below joins
     db = await raw.driver_of(session)
-    ids = [record["id"] for record in await db.fetch(_ABANDONED, grace, limit)]
-    if not ids:
-        return Outcome()
-    return await requeue_open_assignments(
-        session,
-        assignment_ids=ids,
-        reason=f"the agent did not reconnect within {grace:g}s",
-        unless_back=True,
-        quarantine=quarantine,
-    )
+    records = await db.fetch(_ABANDONED, grace, limit)
+    outcome = Outcome()
+    for fault in (True, False):  # lapses on the record only where the loss was the agent's
+        ids = [record["id"] for record in records if record["agents_fault"] is fault]
+        if ids:
+            part = await requeue_open_assignments(
+                session,
+                assignment_ids=ids,
+                reason=f"the agent did not reconnect within {grace:g}s",
+                unless_back=True,
+                quarantine=quarantine if fault else None,
+            )
+            outcome.merge(part)
+    return outcome

@@ -98,12 +98,13 @@ class TaskRow(TrackedRow):
 
 class AssignmentRow(TrackedRow):
     table = cast(Table, Assignment.__table__)
-    loaded = ("id", "task_id", "agent_id", "status", "assigned_at", "started_at")
+    loaded = ("id", "task_id", "agent_id", "replica_id", "status", "assigned_at", "started_at")
     extra = ", (output IS NULL AND error IS NULL) AS blank"
     _statements = {}
 
     task_id: uuid.UUID
     agent_id: str
+    replica_id: str  # the replica the lease is held through (a hand-over moves it)
     status: str
     assigned_at: datetime
     started_at: datetime | None

@@ -25,7 +25,7 @@ export function render(root, { id }) {
   async function refresh() {
     let session;
     try {
-      session = await api(`/sessions/${id}`);
+      session = await api(`/sessions/${encodeURIComponent(id)}`);
     } catch (error) {
       if (error instanceof ApiError && (error.status === 404 || error.status === 422)) {
         replace(header, errorBox(error));
@@ -53,7 +53,7 @@ export function render(root, { id }) {
   function renderHeader(session) {
     const actions = session.status === "running" ? confirmButton("Cancel", async () => {
       try {
-        await api(`/sessions/${id}/cancel`, { method: "POST" });
+        await api(`/sessions/${encodeURIComponent(id)}/cancel`, { method: "POST" });
         replace(flash);
       } catch (error) {
         replace(flash, errorBox(error));
@@ -91,7 +91,7 @@ export function render(root, { id }) {
 
   function startStream() {
     let pending = null;
-    stream = openStream("session events", `/sessions/${id}/events`, {
+    stream = openStream("session events", `/sessions/${encodeURIComponent(id)}/events`, {
       onEvent: (event) => {
         const at = new Date(event.data.at).toLocaleTimeString(undefined, { hour12: false });
         timeline.append(h("li", { class: event.type === "finished" ? "transition" : "", dataset: { kind: event.type } },

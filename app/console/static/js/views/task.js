@@ -30,7 +30,7 @@ export function render(root, { id }) {
   async function refresh() {
     let task;
     try {
-      task = await api(`/tasks/${id}`);
+      task = await api(`/tasks/${encodeURIComponent(id)}`);
     } catch (error) {
       if (error instanceof ApiError && (error.status === 404 || error.status === 422)) {
         gone = true;
@@ -40,7 +40,7 @@ export function render(root, { id }) {
       }
       throw error;
     }
-    const assigned = await api(`/tasks/${id}/assignments`);
+    const assigned = await api(`/tasks/${encodeURIComponent(id)}/assignments`);
     renderTask(task);
     renderAssignments(assigned.items);
     const json = JSON.stringify([task.payload, task.result, task.error]);
@@ -59,7 +59,7 @@ export function render(root, { id }) {
   function renderTask(task) {
     const actions = OPEN.has(task.status) ? confirmButton("Cancel", async () => {
       try {
-        await api(`/tasks/${id}/cancel`, { method: "POST" });
+        await api(`/tasks/${encodeURIComponent(id)}/cancel`, { method: "POST" });
         replace(flash);
       } catch (error) {
         replace(flash, errorBox(error));
@@ -104,7 +104,7 @@ export function render(root, { id }) {
 
   function startStream() {
     let pending = null;
-    stream = openStream("task events", `/tasks/${id}/events`, {
+    stream = openStream("task events", `/tasks/${encodeURIComponent(id)}/events`, {
       onEvent: (event) => {
         timeline.append(eventItem(event.data));
         // Many events arrive together on a fast task: one refresh for the lot.
