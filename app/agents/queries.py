@@ -129,6 +129,9 @@ async def list_agents(
 
 
 async def get_agent(session: AsyncSession, agent_id: str) -> AgentDetail:
+    # One snapshot for the row, its counts and its checks: a health round commits the check and the row's
+    # `last_health_check_at` together, and the view must not show one without the other.
+    await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     agent = await session.get(Agent, agent_id, populate_existing=True)
     if agent is None:
         raise AgentNotFound(f"no agent with id {agent_id}")
