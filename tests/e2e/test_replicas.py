@@ -251,6 +251,7 @@ async def test_a_second_process_with_a_live_replicas_id_or_port_refuses_and_touc
         assert same_port.returncode == 1
         assert f"cannot listen on 127.0.0.1:{a.port}" in same_port.stderr
         assert "Traceback" not in same_port.stderr
+        assert "listening on" not in same_port.stdout  # announced only once bound, so never here
         same_id = await asyncio.to_thread(_serve, a.database_url, _free_port(), f"test-{a.port}")
         assert same_id.returncode == 1
         refusal = [line for line in same_id.stderr.splitlines() if f"test-{a.port}" in line]
