@@ -9,13 +9,7 @@ from typing import Any
 
 import anthropic
 
-from agentplane.providers.base import (
-    Completion,
-    Request,
-    provider_message,
-    schema_instruction,
-    status_failure,
-)
+from agentplane.providers.base import Completion, Request, schema_instruction, sdk_failure
 from agentplane.sdk import TaskFailed
 
 
@@ -63,14 +57,11 @@ class AnthropicMessages:
                     stop_reason=message.stop_reason,
                 )
             return await self._stream(options, on_piece)
-        except anthropic.APIStatusError as exc:
-            message_text = provider_message(exc.body, exc.message)
-            retry_after = exc.response.headers.get("retry-after")
-            raise status_failure(exc.status_code, message_text, retry_after, exc.body) from exc
-        except anthropic.APITimeoutError as exc:
-            raise TaskFailed("provider_timeout", f"the provider did not answer in time: {exc}", True) from exc
-        except anthropic.APIConnectionError as exc:
-            raise TaskFailed("provider_unreachable", f"cannot reach the provider: {exc}", True) from exc
+        except anthropic.APIError as exc:
+            failure = sdk_failure(exc, anthropic)
+            if failure is None:
+                raise
+            raise failure from exc
 
     async def _stream(self, options: dict[str, Any], on_piece: Callable[[str], None]) -> Completion:
         stream = await self.client.messages.create(**options, stream=True)

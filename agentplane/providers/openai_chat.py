@@ -9,7 +9,7 @@ from typing import Any
 
 import openai
 
-from agentplane.providers.base import Completion, Request, provider_message, status_failure
+from agentplane.providers.base import Completion, Request, sdk_failure
 from agentplane.sdk import TaskFailed
 
 
@@ -65,14 +65,11 @@ class OpenAIChat:
                     stop_reason=choice.finish_reason if choice else None,
                 )
             return await self._stream(options, on_piece)
-        except openai.APIStatusError as exc:
-            message = provider_message(exc.body, exc.message)
-            retry_after = exc.response.headers.get("retry-after")
-            raise status_failure(exc.status_code, message, retry_after, exc.body) from exc
-        except openai.APITimeoutError as exc:
-            raise TaskFailed("provider_timeout", f"the provider did not answer in time: {exc}", True) from exc
-        except openai.APIConnectionError as exc:
-            raise TaskFailed("provider_unreachable", f"cannot reach the provider: {exc}", True) from exc
+        except openai.APIError as exc:
+            failure = sdk_failure(exc, openai)
+            if failure is None:
+                raise
+            raise failure from exc
 
     async def _stream(self, options: dict[str, Any], on_piece: Callable[[str], None]) -> Completion:
         stream = await self.client.chat.completions.create(
