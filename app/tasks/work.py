@@ -121,7 +121,7 @@ FROM {raw.unnest(_agents, _TALLY_COLUMNS)} WHERE t.id = v.id"""
 # back) or an operator releases it. Returns the agents quarantined by this statement.
 _LAPSES = f"""WITH v AS (SELECT * FROM unnest($1::text[], $2::int[]) AS v(id, n)),
 prev AS (
-    SELECT a.id, a.status, a.consecutive_lapses + v.n AS lapses, v.n FROM agents a JOIN v ON v.id = a.id
+    SELECT a.id, a.status, a.consecutive_lapses + 1 AS lapses, v.n FROM agents a JOIN v ON v.id = a.id
 ),
 changed AS (
     UPDATE agents AS t SET tasks_failed = LEAST(t.tasks_failed + prev.n, {INT_MAX}),
@@ -224,7 +224,10 @@ class Work:
         tally.cost = capped_cost(tally.cost, cost)
 
     def lapse(self, agent_id: str) -> None:
-        """The agent let a lease lapse or lost the work: a failure on its record (flush writes it)."""
+        """The agent let a lease lapse or lost the work: a failure on its record (flush writes it). Each lost
+        task is a failure, but one loss event (this unit of work: a disconnect, one reaper round) is one lapse
+        towards quarantine however many tasks it held: a redeploy that drops an agent holding four tasks must
+        not quarantine it at once."""
         if agent_id:
             self.lapses[agent_id] += 1
 

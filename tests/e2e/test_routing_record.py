@@ -232,3 +232,34 @@ async def test_task_submit_wait_says_why_the_task_waits(server: ServerProcess, a
             cli.kill()
             await cli.wait()
         await reviewer.close()
+
+
+async def test_one_disconnect_holding_several_tasks_is_one_lapse_not_a_quarantine(
+    server: ServerProcess, agent_key: str
+) -> None:
+    """A redeploy drops an agent holding several tasks: each task is a failure on its record, but the loss is
+    one event, one lapse towards quarantine (AGENT_QUARANTINE_AFTER is 2 here)."""
+    busy = await ListeningAgent.connect(
+        server.ws_url, agent_key, agent_id="busy-1", capabilities=["hold"], max_concurrency=4
+    )
+    async with server.async_client() as client:
+        for _ in range(4):
+            await submit(client, type="t", capabilities=["hold"], max_attempts=2)
+        for _ in range(4):
+            await busy.next("assign")
+        await busy.close()  # 1000: the agent is done, its four tasks go back to the queue at once
+
+        async def recorded() -> dict[str, Any] | None:
+            view = await agent_view(client, "busy-1")
+            return view if view["status"] == "offline" and view["metrics"]["tasks_failed"] == 4 else None
+
+        view = await eventually_async(recorded, timeout=20)
+        assert view is not None
+        assert view["consecutive_lapses"] == 1
+        again = await ListeningAgent.connect(
+            server.ws_url, agent_key, agent_id="busy-1", capabilities=["hold"], max_concurrency=4
+        )
+        try:
+            assert (await agent_view(client, "busy-1"))["status"] == "active"
+        finally:
+            await again.close()
