@@ -12,6 +12,9 @@ from pydantic import SecretStr
 
 ENC = "enc"
 ENV = "env"
+# Only variables meant for A2A agents may be named: an admin key must not be able to make the server send its
+# DATABASE_URL, its credentials key or a cloud credential to a URL of the caller's choosing.
+ENV_PREFIX = "AGENTPLANE_A2A_SECRET_"
 
 
 class CredentialError(Exception):
@@ -21,6 +24,13 @@ class CredentialError(Exception):
         super().__init__(message)
         self.field = field
         self.message = message
+
+
+def _check_env_name(field: str, name: str) -> None:
+    if not name.startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
+        raise CredentialError(
+            field, f"an environment reference must name a variable starting with {ENV_PREFIX} (got {name!r})"
+        )
 
 
 def _fernet(key: SecretStr | None) -> Fernet | None:
@@ -33,13 +43,14 @@ def seal(headers: dict[str, str | dict[str, str]], key: SecretStr | None) -> dic
     stored: dict[str, dict[str, str]] = {}
     for name, value in headers.items():
         if isinstance(value, dict):
+            _check_env_name(f"headers.{name}", value[ENV])
             stored[name] = {ENV: value[ENV]}
             continue
         if fernet is None:
             raise CredentialError(
                 f"headers.{name}",
                 "the server has no AGENTPLANE_A2A_CREDENTIALS_KEY, so it will not store a credential; "
-                'give {"env": "NAME"} naming an environment variable of the server instead',
+                'give {"env": "AGENTPLANE_A2A_SECRET_..."} naming a variable of the server instead',
             )
         stored[name] = {ENC: fernet.encrypt(value.encode()).decode()}
     return stored
@@ -52,6 +63,7 @@ def resolve(stored: dict[str, Any], key: SecretStr | None) -> dict[str, str]:
     for name, ref in stored.items():
         field = f"headers.{name}"
         if ENV in ref:
+            _check_env_name(field, ref[ENV])
             value = os.environ.get(ref[ENV])
             if value is None:
                 raise CredentialError(field, f"the environment variable {ref[ENV]} is not set on the server")

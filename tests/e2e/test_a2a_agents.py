@@ -28,7 +28,8 @@ pytestmark = pytest.mark.e2e
 TOKEN = "standin-secret-token-0123456789"
 SERVER_ENV = {
     "AGENTPLANE_A2A_CREDENTIALS_KEY": Fernet.generate_key().decode(),
-    "STANDIN_TOKEN": f"Bearer {TOKEN}",  # what an {"env": "STANDIN_TOKEN"} header reads on the server
+    # what an {"env": "AGENTPLANE_A2A_SECRET_STANDIN"} header reads on the server
+    "AGENTPLANE_A2A_SECRET_STANDIN": f"Bearer {TOKEN}",
     "AGENT_HEALTH_CHECK_INTERVAL": "1",
     "AGENT_HEALTH_CHECK_TIMEOUT": "0.5",
 }
@@ -237,7 +238,7 @@ async def test_a_card_that_cannot_be_fetched_makes_the_agent_unhealthy_until_it_
     server: ServerProcess, ws_agent: AgentFleet, standin: StandIn
 ) -> None:
     response = await register(server, f"{standin.base_url}/.well-known/agent-card.json", headers={
-        "Authorization": {"env": "STANDIN_TOKEN"}
+        "Authorization": {"env": "AGENTPLANE_A2A_SECRET_STANDIN"}
     })  # fmt: skip
     assert response.status_code == 201, response.text
     a2a_id = response.json()["id"]
@@ -256,7 +257,7 @@ async def test_an_agent_whose_card_does_not_stream_is_polled(
     standin = StandIn(tmp_path, streaming=False).start()
     try:
         response = await register(
-            server, standin.base_url, headers={"Authorization": {"env": "STANDIN_TOKEN"}}
+            server, standin.base_url, headers={"Authorization": {"env": "AGENTPLANE_A2A_SECRET_STANDIN"}}
         )
         assert response.status_code == 201, response.text
         a2a_id = response.json()["id"]
@@ -305,7 +306,11 @@ async def test_bad_registrations_are_field_level_problems(server: ServerProcess,
     assert status == 422
     assert any(field.startswith("headers.Bad Name") for field in fields(answer)), answer
     status, answer = await problem(
-        {"card_url": closed, "max_concurrency": 1, "headers": {"X-Key": {"env": "NOT_SET_ANYWHERE"}}}
+        {
+            "card_url": closed,
+            "max_concurrency": 1,
+            "headers": {"X-Key": {"env": "AGENTPLANE_A2A_SECRET_NOT_SET"}},
+        }
     )
     assert (status, fields(answer)) == (422, {"headers.X-Key"}), answer
     status, answer = await problem(
@@ -315,7 +320,7 @@ async def test_bad_registrations_are_field_level_problems(server: ServerProcess,
 
 
 async def test_a_card_url_already_registered_is_a_conflict(server: ServerProcess, standin: StandIn) -> None:
-    headers = {"Authorization": {"env": "STANDIN_TOKEN"}}
+    headers = {"Authorization": {"env": "AGENTPLANE_A2A_SECRET_STANDIN"}}
     first = await register(server, standin.base_url, headers=headers)
     assert first.status_code == 201, first.text
     again = await register(server, standin.base_url, headers=headers)

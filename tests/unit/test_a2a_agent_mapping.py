@@ -157,20 +157,34 @@ def test_credentials_are_stored_encrypted_or_as_references_never_in_clear(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     key = SecretStr(Fernet.generate_key().decode())
-    stored = a2a_credentials.seal({"Authorization": "Bearer s3cret", "X-Api-Key": {"env": "A2A_KEY"}}, key)
+    given: dict[str, str | dict[str, str]] = {
+        "Authorization": "Bearer s3cret",
+        "X-Api-Key": {"env": "AGENTPLANE_A2A_SECRET_KEY"},
+    }
+    stored = a2a_credentials.seal(given, key)
     assert "s3cret" not in str(stored)
-    assert stored["X-Api-Key"] == {"env": "A2A_KEY"}
-    monkeypatch.setenv("A2A_KEY", "from-env")
+    assert stored["X-Api-Key"] == {"env": "AGENTPLANE_A2A_SECRET_KEY"}
+    monkeypatch.setenv("AGENTPLANE_A2A_SECRET_KEY", "from-env")
     assert a2a_credentials.resolve(stored, key) == {"Authorization": "Bearer s3cret", "X-Api-Key": "from-env"}
 
     with pytest.raises(a2a_credentials.CredentialError) as refused:
         a2a_credentials.seal({"Authorization": "Bearer s3cret"}, None)
     assert refused.value.field == "headers.Authorization"
-    assert a2a_credentials.seal({"X": {"env": "A2A_KEY"}}, None) == {"X": {"env": "A2A_KEY"}}
+    reference = {"X": {"env": "AGENTPLANE_A2A_SECRET_KEY"}}
+    assert a2a_credentials.seal(dict(reference), None) == reference
 
     other = SecretStr(Fernet.generate_key().decode())
     with pytest.raises(a2a_credentials.CredentialError, match="cannot be decrypted"):
         a2a_credentials.resolve(stored, other)
-    monkeypatch.delenv("A2A_KEY")
-    with pytest.raises(a2a_credentials.CredentialError, match="A2A_KEY is not set"):
-        a2a_credentials.resolve({"X": {"env": "A2A_KEY"}}, key)
+    monkeypatch.delenv("AGENTPLANE_A2A_SECRET_KEY")
+    with pytest.raises(a2a_credentials.CredentialError, match="AGENTPLANE_A2A_SECRET_KEY is not set"):
+        a2a_credentials.resolve({"X": {"env": "AGENTPLANE_A2A_SECRET_KEY"}}, key)
+
+
+def test_an_environment_reference_may_name_only_an_a2a_secret() -> None:
+    for name in ("DATABASE_URL", "AGENTPLANE_A2A_CREDENTIALS_KEY", "AGENTPLANE_A2A_SECRET_"):
+        with pytest.raises(a2a_credentials.CredentialError) as refused:
+            a2a_credentials.seal({"Authorization": {"env": name}}, None)
+        assert refused.value.field == "headers.Authorization"
+        with pytest.raises(a2a_credentials.CredentialError):
+            a2a_credentials.resolve({"Authorization": {"env": name}}, None)
