@@ -37,6 +37,11 @@ SLOW_TIMER = 1.0  # seconds: the longest between claims, whatever wakes the disp
 JOIN_DEBOUNCE = 0.05  # seconds: agents joining trigger at most one claim this often
 
 
+MAX_STUCK = 10_000  # set-aside tasks remembered at most (the claim sends them as a parameter)
+STUCK_WINDOW = 64  # tasks claimed at once while some are set aside
+STUCK_ROUNDS = 16  # rounds in a row that only set tasks aside, before waiting for the next wake-up
+
+
 class Round(NamedTuple):
     leased: int
     full: bool  # the claim hit its limit: go again at once
@@ -45,6 +50,7 @@ class Round(NamedTuple):
     # claim.
     backlog: bool
     waiting: bool = True  # tasks this replica could take may still be pending (not all claimed were leased)
+    stuck: int = 0  # claimed tasks newly set aside: no agent here can take them now (claim again at once)
 
 
 class Dispatcher(BackgroundService):
@@ -73,6 +79,11 @@ class Dispatcher(BackgroundService):
         # true when the last round drained the queue and no work was announced since it began.
         self._queue_clear = False
         self._seen = -1
+        # Claimed tasks no agent here could take (a version, a type, a cost cap, every fitting agent full):
+        # left out of the claims until the fleet changes (a join, a freed slot), so that a task nobody here
+        # can serve does not fill every claim ahead of lower-priority work that can run.
+        self._stuck: set[uuid.UUID] = set()
+        self._stuck_at = -1  # fleet.changes when the stuck set was last right
         self._idle = asyncio.Event()  # set between rounds
         self._idle.set()
 
@@ -108,11 +119,15 @@ class Dispatcher(BackgroundService):
             self._idle.clear()
             self._queue_clear = False
             try:
+                stuck_rounds = 0
                 while True:
                     seen, last = signals.work_seq, loop.time()
                     round_ = await self.dispatch_once()
                     backlog = round_.backlog
-                    if not (round_.leased and round_.full):
+                    stuck_rounds = stuck_rounds + 1 if round_.stuck and not round_.leased else 0
+                    if round_.leased and round_.full:
+                        continue
+                    if not round_.stuck or stuck_rounds >= STUCK_ROUNDS:
                         break
                 self._seen, self._queue_clear = seen, not round_.waiting
             except Exception as exc:  # an outage is logged once, not every round
@@ -160,6 +175,8 @@ class Dispatcher(BackgroundService):
             await self._idle.wait()
         if not self._idle.is_set() or not self._queue_clear or self.effects.signals.work_seq != self._seen:
             return  # older work may be waiting: new tasks queue behind it
+        if self._stuck and self.fleet.changes != self._stuck_at:
+            return  # the fleet changed since older tasks were set aside: they may fit now, they go first
         if self.fleet.spare() == 0:
             return  # nobody has room: no need to look at every agent
         candidates = self._open_candidates()
@@ -214,7 +231,11 @@ class Dispatcher(BackgroundService):
         if spare == 0:
             return Round(0, full=False, backlog=True)
         scope = self.fleet.claim_scope()
-        limit = min(spare, MAX_BATCH)
+        if self.fleet.changes != self._stuck_at or len(self._stuck) > MAX_STUCK:
+            self._stuck.clear()  # the fleet changed: what did not fit may fit now
+        # Past tasks that could not be placed, look at a wider window than the free slots: what can run may
+        # sit behind more of them.
+        limit = min(MAX_BATCH, spare if not self._stuck else max(spare, STUCK_WINDOW))
         claimed_ns = None if tracing.SERVER is None else time.time_ns()  # the queue span's end
         async with raw.transaction(self.engine) as db:
             tasks = await lifecycle.claim_pending(
@@ -225,17 +246,26 @@ class Dispatcher(BackgroundService):
                 task_types=scope.task_types,
                 fallback_after=self.settings.fallback_after,
                 limit=limit,
+                exclude=sorted(self._stuck),
             )
             if not tasks:
+                self._stuck_at = self.fleet.changes
                 return Round(0, full=False, backlog=self.fleet.any_full(), waiting=False)
             candidates = self._open_candidates()
             plans = self._route(tasks, candidates)
             leased = await lifecycle.lease(db, plans, replica_id=self.settings.replica_id)
         self._send(leased, claimed_ns)
         full = len(tasks) >= limit
-        # Claimed but not leased (no agent with room fits it now): it waits for capacity to free up.
-        waiting = full or len(leased) < len(tasks)
-        return Round(len(leased), full=full, backlog=waiting or self.fleet.any_full(), waiting=waiting)
+        # Claimed but not leased (no agent here fits it now): set aside until the fleet changes, and the next
+        # claim (at once) looks past it; it waits for an agent or capacity that fits it.
+        taken = {lease.task_id for lease in leased}
+        stuck = [task.id for task in tasks if task.id not in taken]
+        self._stuck.update(stuck)
+        self._stuck_at = self.fleet.changes
+        waiting = full or bool(stuck)
+        return Round(
+            len(leased), full=full, backlog=waiting or self.fleet.any_full(), waiting=full, stuck=len(stuck)
+        )
 
     def _route(
         self, tasks: list[lifecycle.Claimed], candidates: list[Candidate]

@@ -84,6 +84,7 @@ class Fleet:
         self._active: dict[str, None] = {}  # the active agents' ids, in join order
         self._scope: ClaimScope | None = None  # claim_scope(), until it changes
         self._changing_open = False
+        self.changes = 0  # bumped by every join, leave, status change, lease and freed slot
         # Who refused which task and when, so the dispatcher offers it elsewhere (bounded; a hint only).
         self.rejections: dict[uuid.UUID, dict[str, float]] = {}
 
@@ -117,6 +118,7 @@ class Fleet:
     def _count(self, agent: LocalAgent, sign: int) -> None:
         """Add (+1) or remove (-1) the agent's share of the fleet-wide counts; changes to its status or its
         open set happen between a -1 and a +1."""
+        self.changes += 1
         if agent.status != "active":
             return
         if not self._changing_open:

@@ -43,6 +43,7 @@ WHERE status = 'pending' AND available_at <= now()
     AND ({MODEL_NOW} IS NULL OR {MODEL_NOW} = ANY($2::text[]))
     AND (agent_ids IS NULL OR agent_ids && $3::text[])
     AND ($5::text[] IS NULL OR type = ANY($5::text[]))
+    AND NOT (id = ANY($7::uuid[]))
 ORDER BY priority DESC, available_at
 LIMIT $4
 FOR UPDATE SKIP LOCKED"""
@@ -118,15 +119,17 @@ async def claim_pending(
     task_types: Sequence[str] | None = None,
     fallback_after: int = 1,
     limit: int,
+    exclude: Sequence[uuid.UUID] = (),
 ) -> list[Claimed]:
     """Lock up to ``limit`` due pending tasks, best first, that the agents here could take: every capability
     offered, the model it asks for now present, a permitted agent present, its type handled (``task_types``
     None: some agent here takes any type). (Filtering here, not after, keeps tasks that only other replicas
     can serve from crowding out the ones this replica can.) Rows carry the columns routing and the `assign`
-    frame need."""
+    frame need. ``exclude``: tasks claimed lately that no agent here could take (the dispatcher's stuck set),
+    so they do not fill every claim ahead of lower-priority work that can run."""
     types = None if task_types is None else list(task_types)
     rows = await db.fetch(
-        _CLAIM, list(capabilities), list(models), list(agent_ids), limit, types, fallback_after
+        _CLAIM, list(capabilities), list(models), list(agent_ids), limit, types, fallback_after, list(exclude)
     )
     return [Claimed(*row) for row in rows]
 

@@ -188,3 +188,29 @@ async def test_a_session_budget_is_capped_and_each_subtask_may_spend_what_is_lef
             await client.post(f"/api/v1/sessions/{created.json()['id']}/cancel")
     finally:
         await worker.close()
+
+
+async def test_a_task_no_agent_here_can_take_does_not_hold_back_lower_priority_work(
+    server: ServerProcess, agent_key: str
+) -> None:
+    """A high-priority task that passes the claim but fits no agent (a version nobody declares) is set aside:
+    the plain task behind it still runs on the one free slot."""
+    solo = await ListeningAgent.connect(
+        server.ws_url,
+        agent_key,
+        agent_id="solo-gen",
+        capabilities=[{"name": "solo", "version": "1.0"}],
+        max_concurrency=1,
+    )
+    try:
+        async with server.async_client() as client:
+            blocker = await submit(
+                client, type="solo", capabilities=["solo"], priority=10, min_versions={"solo": "9.0"}
+            )
+            plain = await submit(client, type="solo", capabilities=["solo"])
+            assigned = await solo.next("assign", timeout=15)
+            assert assigned["task_id"] == plain["id"]
+            assert (await client.get(f"/api/v1/tasks/{blocker['id']}")).json()["status"] == "pending"
+            await client.post(f"/api/v1/tasks/{blocker['id']}/cancel")
+    finally:
+        await solo.close()
