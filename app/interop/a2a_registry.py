@@ -332,9 +332,12 @@ class A2AAgents(BackgroundService):
         for row in rows:
             if self.hub.is_open(row.agent_id):
                 continue
-            attached += await self._reattach(
-                row.agent_id, row.card_url, row.headers, row.model, row.max_concurrency
-            )
+            try:
+                attached += await self._reattach(
+                    row.agent_id, row.card_url, row.headers, row.model, row.max_concurrency
+                )
+            except Exception as exc:  # one agent that cannot come back must not keep the others away
+                report_failure(logger, exc, "could not re-attach an A2A agent", agent_id=row.agent_id)
         return attached
 
     async def _reattach(

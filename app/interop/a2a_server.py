@@ -191,6 +191,8 @@ class FleetHandler(RequestHandler):
         if params.context_id or params.status or params.HasField("status_timestamp_after"):
             raise InvalidParamsError("tasks can be listed by page only (no contextId, status or time filter)")
         size = params.page_size or 50
+        if not 1 <= size <= 500:
+            raise InvalidParamsError(f"pageSize must be between 1 and 500 (got {size})")
         tasks, cursor = await self.fleet.list_tasks(
             _viewer(context), cursor=params.page_token or None, limit=size
         )

@@ -24,6 +24,7 @@ _LAPSED = f"""{TaskRow.select()} WHERE status = ANY($1::text[]) AND lease_expire
 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED"""
 _BACK = "SELECT id FROM agents WHERE id = ANY($1::text[]) AND status <> 'offline'"
 _VERSION = "SELECT version FROM agents WHERE id = $1"
+_REPLICAS = "SELECT id FROM replicas"
 # Hand-over: the leases the reconnecting agent still holds move to this replica, if they are still open.
 _CLAIM_HELD = """UPDATE assignments SET replica_id = $3
 WHERE id = ANY($2::uuid[]) AND agent_id = $1 AND status IN ('assigned', 'running') RETURNING id"""
@@ -203,6 +204,8 @@ async def reap(session: AsyncSession, *, quarantine: Quarantine | None = None, l
     outcome = Outcome()
     lapsed = await work.lock_tasks(_LAPSED, list(OPEN_ASSIGNMENT), now, limit)
     await work.lock([task.assignment_id for task in lapsed if task.assignment_id is not None])
+    # A lease held through a replica that stopped or died lapsed through no fault of its agent.
+    alive = {record["id"] for record in await work.db.fetch(_REPLICAS)} if lapsed else set()
     for task in lapsed:
         previous, agent_id, assignment_id = task.status, task.agent_id or "", task.assignment_id
         assignment = work.assignments.get(assignment_id) if assignment_id else None
@@ -211,7 +214,8 @@ async def reap(session: AsyncSession, *, quarantine: Quarantine | None = None, l
             work.notify(
                 {"k": "cancel", "agent": agent_id, "assignment": str(assignment_id), "reason": "lease lapsed"}
             )
-            work.lapse(agent_id)
+            if assignment.replica_id in alive:
+                work.lapse(agent_id)
         if task.attempt < task.max_attempts:
             task.status = transition(previous, Ev.RETRY).value
             back_to_queue(task, now, 0.0)
