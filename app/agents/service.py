@@ -59,8 +59,10 @@ _UPSERT = """WITH agent AS (
         last_seen_at = excluded.last_seen_at, health_failures = excluded.health_failures,
         version = agents.version + 1, owner_key_id = coalesce(agents.owner_key_id, excluded.owner_key_id),
         task_types = excluded.task_types,
-        -- Reconnecting does not end a quarantine: only its cool-down, a success or an operator does.
-        status = CASE WHEN agents.quarantined_until > now() THEN 'quarantined' ELSE excluded.status END
+        -- Reconnecting does not end a quarantine: only its cool-down, a success or an operator does. Nor a
+        -- drain, while its old socket has not been seen to close (a fast reconnect, or one during an outage).
+        status = CASE WHEN agents.quarantined_until > now() THEN 'quarantined'
+            WHEN agents.status = 'draining' THEN 'draining' ELSE excluded.status END
     RETURNING name, model, max_concurrency, tasks_completed, tasks_failed, version, status
 ), gone AS (
     DELETE FROM agent_capabilities WHERE agent_id = $1 AND name <> ALL($8::text[])

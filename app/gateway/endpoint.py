@@ -30,6 +30,7 @@ from app.gateway.protocol import (
     AGENT_FRAME_TYPES,
     PROTOCOL_VERSION,
     Cancel,
+    DrainRequest,
     ErrorFrame,
     Register,
     Registered,
@@ -238,6 +239,8 @@ class Gateway:
         effects.fleet.agent_joined(registered)
         for assignment_id in registered.released:
             connection.send(Cancel(assignment_id=assignment_id, reason=RELEASED))
+        if registered.status == "draining":  # drained before its old socket was seen to close: still draining
+            connection.send(DrainRequest(reason="drained by an operator"))
         if registered.held or registered.released:
             logger.info(
                 "agent reconnected holding %d leases: %d kept, %d released",

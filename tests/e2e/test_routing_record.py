@@ -260,6 +260,7 @@ async def test_one_disconnect_holding_several_tasks_is_one_lapse_not_a_quarantin
             server.ws_url, agent_key, agent_id="busy-1", capabilities=["hold"], max_concurrency=4
         )
         try:
-            assert (await agent_view(client, "busy-1"))["status"] == "active"
+            # Not quarantined: it takes its four tasks back at once (busy) or is about to (active).
+            assert (await agent_view(client, "busy-1"))["status"] in {"active", "busy"}
         finally:
             await again.close()
