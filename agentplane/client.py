@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import orjson
 
-from agentplane.urls import DEFAULT_URL, KEY_ENV, api_urls
+from agentplane.urls import DEFAULT_URL, KEY_ENV, api_urls, redacted
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 PENDING_FIRST_LOOK = 3.0  # seconds: the first long-poll of a wait that reports why a task is pending
@@ -83,7 +83,7 @@ class Client:
         try:
             response = self._http.request(method, f"/api/v1{path}", **kwargs)
         except httpx.TransportError as exc:
-            raise Unreachable(self.url, exc) from None
+            raise Unreachable(redacted(self.url), exc) from None
         if response.status_code >= 400:
             try:
                 problem = response.json()
@@ -144,7 +144,7 @@ class Client:
         try:
             yield from self._events(task_id, headers)
         except httpx.TransportError as exc:
-            raise Unreachable(self.url, exc) from None
+            raise Unreachable(redacted(self.url), exc) from None
 
     def _events(self, task_id: str, headers: dict[str, str]) -> Iterator[dict[str, Any]]:
         with self._http.stream(
