@@ -49,7 +49,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         assert settings.database_url is not None
-        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        engine = create_engine(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            # Shorter than the replica timeout: by the time the others declare this replica dead, the
+            # transactions it was frozen in have ended and their locks are free.
+            idle_in_transaction=settings.replica_timeout / 2,
+        )
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
         runtime = Runtime(

@@ -25,7 +25,15 @@ def async_url(url: str) -> str:
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10, idle_in_transaction: float | None = None) -> AsyncEngine:
+    """``idle_in_transaction``: seconds after which PostgreSQL ends a session of ours that sits in a
+    transaction without sending anything. Our transactions never wait on anything but the database, so only
+    a frozen process (a long GC pause, SIGSTOP, a partition) hits it; the locks it held are freed, and the
+    replicas that declare it dead are not blocked behind them."""
+    connect_args: dict[str, Any] = {"timeout": CONNECT_TIMEOUT_SECONDS}
+    if idle_in_transaction:
+        milliseconds = max(1000, round(idle_in_transaction * 1000))
+        connect_args["server_settings"] = {"idle_in_transaction_session_timeout": str(milliseconds)}
     engine = create_async_engine(
         async_url(url),
         # orjson for JSONB parameters and results: payloads and outputs cross this on every task.
@@ -38,7 +46,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_pre_ping=False,
         pool_recycle=1800,
         # asyncpg waits 60 s for an unreachable host by default: an outage should be reported (503) sooner.
-        connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
+        connect_args=connect_args,
     )
     event.listen(engine.sync_engine, "connect", _connected)
     return engine
