@@ -153,7 +153,16 @@ class A2AConnection(Connection):
             if not (translation.done or run.cancelled):
                 raise A2AClientError("the agent's answer ended without a task to follow")
         except (A2AClientError, httpx.HTTPError) as exc:
-            if isinstance(exc.__cause__, httpx.ConnectError) and not translation.a2a_task_id:
+            transport = exc if isinstance(exc, httpx.TransportError) else exc.__cause__
+            if not isinstance(transport, httpx.TransportError):
+                # The agent answered, badly (an HTTP error status, a body that is not A2A): this task failed,
+                # not the agent; its other work goes on.
+                error = ResultError(
+                    code="a2a_error", message=str(exc)[:10_000] or "bad answer", retryable=True
+                )
+                await self._forward(run, [Result(assignment_id=assignment_id, status="failed", error=error)])
+                return
+            if isinstance(transport, httpx.ConnectError) and not translation.a2a_task_id:
                 self.undelivered.append(assignment_id)  # the message never reached the agent: no charge
             if not self.closed:
                 logger.warning("A2A agent unreachable: %s", str(exc)[:300], extra={"agent_id": self.agent_id})

@@ -379,3 +379,33 @@ async def test_the_registration_outlives_its_replica_restarted_or_gone(
     finally:
         a.kill()
         b.kill()
+
+
+async def test_one_bad_http_answer_fails_that_task_and_not_the_agent(
+    server: ServerProcess, standin: StandIn
+) -> None:
+    """The agent answers one call with HTTP 500: that task fails (retryable) and the agent stays connected
+    and keeps working; only a transport error (it is unreachable) takes the agent offline."""
+    response = await register(server, standin.base_url, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 201, response.text
+    a2a_id = response.json()["id"]
+    try:
+        async with server.async_client() as client:
+            body = {
+                "type": "slow-word-count",
+                "capabilities": ["text"],
+                "payload": {"lines": ["a b"], "delay_ms": 0, "http_500": True},
+                "agent_ids": [a2a_id],
+                "max_attempts": 1,
+            }
+            poisoned = (await client.post("/api/v1/tasks", json=body)).json()["id"]
+        [failed] = await finished(server, [poisoned])
+        assert failed["status"] == "failed"
+        assert failed["error"]["code"] == "a2a_error"
+        assert (await agent(server, a2a_id))["status"] in {"active", "busy"}
+        [after] = await finished(server, await submit(server, 1, delay_ms=0, agent_ids=[a2a_id]))
+        assert after["status"] == "succeeded"
+        assert after["agent_id"] == a2a_id
+    finally:
+        async with server.async_client() as client:
+            await client.delete(f"/api/v1/agents/{a2a_id}")

@@ -99,7 +99,29 @@ class BearerGuard:
             if headers.get(b"authorization", b"").decode() != f"Bearer {self.token}":
                 await Response("unauthorized", status_code=401)(scope, receive, send)
                 return
+            if scope["method"] == "POST":
+                receive, body = await _buffered(receive)
+                if b"http_500" in body:  # a task whose payload asks for it: this one call answers 500
+                    await Response("the stand-in was asked to fail this call", status_code=500)(
+                        scope, receive, send
+                    )
+                    return
         await self.app(scope, receive, send)
+
+
+async def _buffered(receive: Receive) -> tuple[Receive, bytes]:
+    """Read the request body, and a `receive` that hands it on once, then listens as before."""
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = bool(message.get("more_body", False))
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Any:
+        return pending.pop() if pending else await receive()
+
+    return replay, body
 
 
 def card(base_url: str) -> AgentCard:
