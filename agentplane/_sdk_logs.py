@@ -1,6 +1,7 @@
 """Logging for agent processes: plain lines, with keys and tokens redacted before anything is written.
 
-The server has its own (app.logs, with JSON output); an agent machine runs without the server installed."""
+The redaction is the server's too (app.logs adds JSON output); it lives here because an agent machine runs
+without the server installed."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def redact(text: str) -> str:
     return text
 
 
-class _Redacting(logging.Filter):
+class Redacting(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = redact(message)
@@ -34,7 +35,7 @@ class _Redacting(logging.Filter):
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_Redacting())
+    handler.addFilter(Redacting())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -17,9 +17,8 @@ from pydantic import ValidationError
 from agentplane._sdk_logs import configure_logging
 from agentplane.client import api_key
 from agentplane.sdk import Agent, AgentRejected, Handler
-from agentplane.urls import DEFAULT_URL, URL_ENV, agent_urls
+from agentplane.urls import DEFAULT_URL, KEY_ENV, URL_ENV, agent_urls
 
-KEY_ENV = "AGENTPLANE_KEY"  # the one key variable of every command; AGENTPLANE_AGENT_KEY is read after it
 logger = logging.getLogger("agentplane.agent")
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from agentplane.client import ApiError, Client, Unreachable, api_key, server_url
+from agentplane.client import ApiError, Client, Unreachable, api_key
 from agentplane.urls import DEFAULT_URL, KEY_ENV, URL_ENV, ServerUrlError
 
 
@@ -63,7 +63,7 @@ def cmd_task(args: argparse.Namespace) -> int:
         print(f"agentplane: a key is needed: --key or ${KEY_ENV}", file=sys.stderr)
         return 2
     try:
-        with Client(server_url(args.url), key) as client:
+        with Client(args.url, key) as client:
             return _run(client, args)
     except ApiError as exc:
         for line in exc.lines():

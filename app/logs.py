@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-_TOKEN = re.compile(r"((?:token|key|api_key)=)[^&\s\"']+", re.IGNORECASE)
-_BEARER = re.compile(r"(Bearer\s+)\S+", re.IGNORECASE)
-_KEY = re.compile(r"\bap_[A-Za-z0-9_\-]{20,}")
+from agentplane._sdk_logs import Redacting
+
 _CONTEXT_FIELDS = ("task_id", "agent_id", "assignment_id", "session_id", "replica_id", "model", "event")
 
 
@@ -26,21 +24,6 @@ _trace_ids: Callable[[], tuple[str, str] | None] | None = None
 def enable_trace_ids(current: Callable[[], tuple[str, str] | None]) -> None:
     global _trace_ids
     _trace_ids = current
-
-
-def redact(text: str) -> str:
-    text = _TOKEN.sub(r"\1[redacted]", text)
-    text = _BEARER.sub(r"\1[redacted]", text)
-    return _KEY.sub("ap_[redacted]", text)
-
-
-class RedactingFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -77,7 +60,7 @@ class TextFormatter(logging.Formatter):
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(RedactingFilter())
+    handler.addFilter(Redacting())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
