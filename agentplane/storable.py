@@ -56,7 +56,8 @@ def json_problem(value: Any, path: str = "", depth: int = 0) -> str | None:
     return None
 
 
-def _storable_json(value: Any) -> Any:
+def storable_json(value: Any) -> Any:
+    """A pydantic validator: ``value`` as given, or a ValueError naming where storage would refuse it."""
     problem = json_problem(value)
     if problem is not None:
         # pydantic prefixes the field's own location; the path inside the value is part of the message.
@@ -81,7 +82,7 @@ def _storable_text(value: str) -> str:
     return value
 
 
-StorableJson = Annotated[Any, AfterValidator(_storable_json)]
+StorableJson = Annotated[Any, AfterValidator(storable_json)]
 """Any JSON value that PostgreSQL's JSONB and orjson accept (see the module docstring)."""
 
 StorableText = Annotated[str, AfterValidator(_storable_text)]

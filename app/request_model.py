@@ -17,26 +17,19 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from agentplane.storable import storable_json
 from app.config import parse_duration
-from app.storable import json_problem
 
 
 class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-def _storable_object(value: dict[str, Any]) -> dict[str, Any]:
-    problem = json_problem(value)
-    if problem is not None:
-        raise ValueError(problem.removeprefix("value: "))  # the path inside the object is in the message
-    return value
-
-
 STORABLE_VALUE_REF = "#/components/schemas/StorableValue"
 
 StorableObject = Annotated[
     dict[str, Any],
-    AfterValidator(_storable_object),
+    AfterValidator(storable_json),
     WithJsonSchema({"type": "object", "additionalProperties": {"$ref": STORABLE_VALUE_REF}}),
 ]
 """A JSON object PostgreSQL's JSONB accepts (no NUL in keys or text, 64-bit integers, bounded depth); the

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app import tracing
 from app.agents import queries
 from app.agents.schemas import AgentList, CapabilityIndex, RegistryMetrics
 from app.collab import service as collab_service
@@ -83,7 +84,14 @@ class Fleet:
         self, viewer: Principal, spec: TaskCreate, *, task_id: uuid.UUID | None = None
     ) -> TaskOut:
         """Like POST /api/v1/tasks (the same intake, so the same placement); ``task_id`` names the task."""
-        row = submit.row_of(spec, self.settings, owner=Owner.of(viewer), session_id=None, session_key=None)
+        row = submit.row_of(
+            spec,
+            self.settings,
+            owner=Owner.of(viewer),
+            session_id=None,
+            session_key=None,
+            traceparent=tracing.client_traceparent(spec.traceparent),
+        )
         if task_id is not None:
             row["id"] = task_id
         intake: Intake = self._state.runtime.intake
