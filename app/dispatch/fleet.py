@@ -173,8 +173,10 @@ class Fleet:
         self.assignment_ended(agent_id, assignment_id)
 
     def assignment_ended(self, agent_id: str, assignment_id: uuid.UUID) -> None:
+        # Called twice per result (at the answer, then after its commit): the second is a no-op, and must not
+        # count as a change of the fleet (it would discard the dispatcher's set-aside tasks for nothing).
         agent = self.agents.get(agent_id)
-        if agent is not None:
+        if agent is not None and assignment_id in agent.open:
             self._set_open(agent, lambda open_: open_.discard(assignment_id))
 
     def refused_recently(self, task_id: uuid.UUID) -> set[str]:
@@ -187,7 +189,7 @@ class Fleet:
 
     def leased(self, agent_id: str, assignment_id: uuid.UUID) -> None:
         agent = self.agents.get(agent_id)
-        if agent is not None:
+        if agent is not None and assignment_id not in agent.open:  # placement reserved it already: no-op
             self._set_open(agent, lambda open_: open_.add(assignment_id))
 
     def resync(self, open_by_agent: dict[str, set[uuid.UUID]]) -> None:
