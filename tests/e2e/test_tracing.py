@@ -317,7 +317,7 @@ def test_batch_tasks_each_continue_their_own_traceparent(
         tasks = response.json()["tasks"]
     assert [t["trace_id"] for t in tasks] == [p[3:35] for p in parents]
     for parent, task in zip(parents, tasks, strict=True):
-        spans = receiver.wait_for(task["trace_id"], {"handle summarize": 1})
+        spans = receiver.wait_for(task["trace_id"], {"task.submit": 1, "handle summarize": 1})
         (submit,) = [s for s in spans if s.name == "task.submit"]
         assert submit.parent_id == parent[36:52]
         assert submit.attributes["agentplane.task.id"] == task["id"]
