@@ -9,6 +9,9 @@ Who holds the connection: the replica that owns the `a2a_agents` row (the one th
 sweep (at start, then each health interval), a replica takes over the rows of replicas that are gone from
 `replicas` (dead, or stopped cleanly) and attaches each agent it owns that has no connection: after its own
 restart, after a takeover, and after the agent was unreachable (it stays offline until its card answers).
+
+The a2a-sdk loads with the first agent registered or attached (``_open``), not with this module: app.main and
+app.runtime import it in every deployment, most of which have no A2A agent.
 """
 
 from __future__ import annotations
@@ -17,12 +20,9 @@ import asyncio
 import logging
 import urllib.parse
 import uuid
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
-from a2a.client import A2ACardResolver, A2AClientError, Client, ClientConfig, ClientFactory
-from a2a.types.a2a_pb2 import AgentCard
-from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
 from fastapi import APIRouter, Request, status
 from pydantic import Field, field_validator
 from sqlalchemy import select, text
@@ -44,12 +44,17 @@ from app.gateway.channel import AgentChannel
 from app.gateway.hub import Hub
 from app.gateway.protocol import CapabilitySpec, Register
 from app.interop import a2a_credentials
-from app.interop.a2a_agent_mapping import capabilities_of
-from app.interop.a2a_agents import A2AConnection
+from app.interop.paths import A2A_CARD
 from app.request_model import Integer, RequestModel
 from app.security import Principal
 from app.storable import StorableText
 from app.tasks.work import Outcome
+
+if TYPE_CHECKING:
+    from a2a.client import Client
+    from a2a.types.a2a_pb2 import AgentCard
+
+    from app.interop.a2a_agents import A2AConnection
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["agents"])
@@ -97,7 +102,7 @@ class A2AAgentCreate(RequestModel):
         if url.username is not None or url.password is not None:
             raise ValueError("must not hold credentials: give them in `headers`")
         if url.path in ("", "/"):
-            url = url._replace(path=AGENT_CARD_WELL_KNOWN_PATH)
+            url = url._replace(path=A2A_CARD)
         return urllib.parse.urlunsplit(url._replace(fragment=""))
 
 
@@ -163,6 +168,8 @@ class A2AAgents(BackgroundService):
         except a2a_credentials.CredentialError as exc:
             raise InvalidInput(exc.message, errors=_field_error(exc.field, exc.message)) from None
         http, card, client = await self._open(body.card_url, headers)
+        from app.interop.a2a_agent_mapping import capabilities_of  # loaded by _open already
+
         try:
             names, skipped = capabilities_of(card)
             if not names:
@@ -209,6 +216,9 @@ class A2AAgents(BackgroundService):
     ) -> tuple[httpx.AsyncClient, AgentCard, Client]:
         """An HTTP client with the agent's headers, its card, and the a2a-sdk client for it. Calls have no
         read timeout: a task may stream nothing for long, and its lease's end cancels the call."""
+        # The a2a-sdk loads here, with the first A2A agent registered or attached.
+        from a2a.client import A2ACardResolver, A2AClientError, ClientConfig, ClientFactory
+
         timeout = httpx.Timeout(CONNECT_TIMEOUT, read=None)
         http = httpx.AsyncClient(headers=headers, timeout=timeout, follow_redirects=False)
         try:
@@ -263,6 +273,8 @@ class A2AAgents(BackgroundService):
         self, registered: agents.RegisteredAgent, client: Client, http: httpx.AsyncClient, card_url: str
     ) -> None:
         """What the gateway does for a socket that registered: the hub, the fleet, the metrics, a wake-up."""
+        from app.interop.a2a_agents import A2AConnection
+
         connection = A2AConnection(
             agent_id=registered.id,
             model=registered.model,
@@ -352,6 +364,8 @@ class A2AAgents(BackgroundService):
                 logger.warning("A2A agent not attached: %s", str(exc)[:300], extra={"agent_id": agent_id})
             return False
         self._unreachable.discard(agent_id)
+        from app.interop.a2a_agent_mapping import capabilities_of
+
         try:
             names, _ = capabilities_of(card)
             frame = self._register_frame(agent_id, card, names or ["a2a"], model, max_concurrency)
