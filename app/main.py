@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.runtime = runtime
         await runtime.start()
         try:
-            async with interop.running():  # the MCP session manager
+            async with interop.running():  # stops the MCP session manager, if a request started it
                 yield
         finally:
             await runtime.stop()
@@ -120,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(probes_router)
     app.include_router(gateway_router)
     install_console(app)
-    interop = Interop(app, settings)  # /mcp, the A2A agent card and /a2a/jsonrpc
+    interop = Interop(app, settings)  # /mcp, the A2A card and /a2a/jsonrpc; their SDKs load on first use
 
     Instrumentator(
         registry=metrics.registry,

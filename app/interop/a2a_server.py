@@ -68,14 +68,13 @@ from app.interop.a2a_mapping import (
 )
 from app.interop.auth import principal_of, resource_url
 from app.interop.fleet import Fleet, parse
+from app.interop.paths import A2A_JSONRPC
 from app.security import Principal
 from app.tasks.schemas import TaskCreate
 from app.tasks.states import TERMINAL
 
 logger = logging.getLogger(__name__)
 
-JSONRPC_PATH = "/a2a/jsonrpc"
-CARD_PATH = "/.well-known/agent-card.json"
 CARD_TTL = 2.0  # seconds the public card's skills are reused before the registry is read again
 SEND_WAIT = 60.0  # seconds a blocking SendMessage waits before answering with the task still open
 
@@ -236,7 +235,7 @@ def card_route(fleet: Fleet) -> Callable[[Request], Awaitable[JSONResponse]]:
     async def agent_card(request: Request) -> JSONResponse:
         """The card: its skills are the capabilities of the agents active now. It is public (A2A discovery),
         so the capabilities are read at most once per CARD_TTL seconds, whoever asks how often."""
-        url = resource_url(request, JSONRPC_PATH)
+        url = resource_url(request, A2A_JSONRPC)
         now = time.monotonic()
         if not live or now - live[0][0] > CARD_TTL:
             index = await fleet.capabilities()

@@ -11,11 +11,8 @@ protected-resource metadata (RFC 9728) that ``resource_metadata`` serves; a key 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-from mcp.server.auth.provider import AccessToken
-from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -27,6 +24,10 @@ from app.errors import PROBLEM_JSON, problem_bytes
 from app.security import KeyCache, Principal, authenticate, bearer_token, known_principal
 from app.security import Scope as KeyScope
 
+if TYPE_CHECKING:
+    from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+    from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+
 PRINCIPAL = "agentplane.principal"
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 _LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
@@ -35,6 +36,8 @@ _ANY_ADDRESS = {"0.0.0.0", "::", ""}
 
 def transport_security(settings: Settings) -> TransportSecuritySettings:
     """Hosts (and the browser origins on them) that may reach the interop endpoints."""
+    from mcp.server.transport_security import TransportSecuritySettings  # the MCP SDK: loaded on first use
+
     hosts = list(settings.interop_allowed_hosts)
     if not hosts:
         names = list(_LOOPBACK)
@@ -70,11 +73,15 @@ class KeyGuard:
         self.settings = settings
         self.key_cache = key_cache
         self.state = state  # the FastAPI app's state: its sessionmaker exists only once the lifespan runs
-        self.hosts = TransportSecurityMiddleware(transport_security(settings))
+        self._hosts: TransportSecurityMiddleware | None = None  # the MCP SDK's check, built on first use
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._hosts is None:
+            from mcp.server.transport_security import TransportSecurityMiddleware
+
+            self._hosts = TransportSecurityMiddleware(transport_security(self.settings))
         request = Request(scope, receive)
-        refused = await self.hosts.validate_request(request)
+        refused = await self._hosts.validate_request(request)
         if refused is not None:
             await refused(scope, receive, send)
             return
@@ -94,7 +101,7 @@ class KeyGuard:
             await response(scope, receive, send)
             return
         scope[PRINCIPAL] = principal
-        scope["user"] = AuthenticatedUser(_access_token(principal))
+        scope["user"] = _mcp_user(principal)
         await self.app(scope, receive, send)
 
     async def _principal(self, authorization: str | None) -> Principal | None:
@@ -110,10 +117,14 @@ class KeyGuard:
         return principal
 
 
-def _access_token(principal: Principal) -> AccessToken:
+def _mcp_user(principal: Principal) -> AuthenticatedUser:
+    from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+    from mcp.server.auth.provider import AccessToken
+
     # What the MCP SDK compares to keep a session to the key that opened it; never the secret itself.
     key = str(principal.key_id) if principal.key_id is not None else principal.name
-    return AccessToken(token=key, client_id=key, scopes=sorted(principal.scopes), subject=principal.project)
+    token = AccessToken(token=key, client_id=key, scopes=sorted(principal.scopes), subject=principal.project)
+    return AuthenticatedUser(token)
 
 
 async def resource_metadata(request: Request) -> JSONResponse:
