@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.agents import service as agents
+from app.agents.registrar import Registrar
 from app.config import Settings
 from app.db.outage import OUTAGES, report_failure
 from app.dispatch.effects import Effects
@@ -38,7 +39,7 @@ from app.gateway.protocol import (
 )
 from app.gateway.ratelimit import PATIENT, TokenBucket
 from app.gateway.watch import SocketWatch
-from app.security import KeyCache, Principal, Scope, authenticate, bearer_token
+from app.security import KeyCache, Principal, Scope, authenticate, bearer_token, known_principal
 from app.tasks.work import Outcome, Quarantine
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class Gateway:
         self.effects = effects
         self.key_cache = key_cache
         self.batcher = FrameBatcher(settings=settings, sessionmaker=sessionmaker, effects=effects)
+        self.registrar = Registrar(settings=settings, sessionmaker=sessionmaker)
         # Checked at twice the cache's pace, so a revoked key's sockets close within its window.
         self.watch = SocketWatch(sessionmaker=sessionmaker, hub=hub, interval=key_cache.ttl / 2)
 
@@ -125,16 +127,20 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.watch.stop()
+        await self.registrar.stop()
         await self.batcher.stop()
 
     async def serve(self, websocket: WebSocket) -> None:
         token = bearer_token(websocket.headers.get("authorization")) or websocket.query_params.get("token")
         admin_key = self.settings.admin_key.get_secret_value() if self.settings.admin_key else None
         try:
-            async with self.sessionmaker() as session:
-                principal = await authenticate(
-                    session, token or "", admin_key=admin_key, cache=self.key_cache
-                )
+            # A reconnect storm presents the same few keys thousands of times: no session for a cached one.
+            principal = known_principal(token, admin_key=admin_key, cache=self.key_cache) if token else None
+            if principal is None:
+                async with self.sessionmaker() as session:
+                    principal = await authenticate(
+                        session, token or "", admin_key=admin_key, cache=self.key_cache
+                    )
         except Exception as exc:
             # Accepted and then closed, so the agent reads a close code it can act on, not an HTTP 500.
             await websocket.accept()
@@ -190,19 +196,9 @@ class Gateway:
         admin = Scope.ADMIN in principal.scopes
         undelivered = await self._retire_previous(register, principal.key_id, admin=admin)
         try:
-            async with self.sessionmaker() as session:
-                registered = await agents.register(
-                    session,
-                    register,
-                    replica_id=replica_id,
-                    allowed_models=self.settings.allowed_models,
-                    default_concurrency=self.settings.max_concurrent_tasks,
-                    key_id=principal.key_id,
-                    admin=admin,
-                    undelivered=undelivered,
-                    quarantine=Quarantine.of(self.settings),
-                )
-                await session.commit()
+            registered = await self.registrar.register(
+                register, key_id=principal.key_id, admin=admin, undelivered=undelivered
+            )
         except AgentRejected as exc:
             logger.info("agent refused: %s", exc.reason, extra={"model": register.model})
             await websocket.close(exc.close_code, exc.reason[:120])

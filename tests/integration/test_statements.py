@@ -29,6 +29,7 @@ MODULES = (
     "app.tasks.recovery",
     "app.retention.purge",
     "app.agents.service",
+    "app.agents.registrar",
     "app.replicas.reconcile",
     "app.runtime",
 )
