@@ -7,7 +7,7 @@ and session subtasks through `insert_tasks`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import orjson
@@ -147,16 +147,22 @@ async def insert_tasks(
 
 
 async def insert_rows(
-    db: raw.Driver, settings: Settings, rows: Sequence[dict[str, Any]]
+    db: raw.Driver,
+    settings: Settings,
+    rows: Sequence[dict[str, Any]],
+    inserted: Callable[[Mapping[uuid.UUID, Any]], None] | None = None,
 ) -> tuple[list[tuple[TaskOut, bool]], dict[uuid.UUID, Any]]:
     """Insert rows made by ``row_of`` in one statement: each task in order with whether it is new, and the
     new rows as stored, by id. A placed row that is new is leased to its agent; one that repeats a key is
-    not (the task it repeats is returned)."""
+    not (the task it repeats is returned). ``inserted`` sees the new rows as soon as the statement returns,
+    before the answers are built (the intake sends the leased ones' `assign` there)."""
     # default=str: ids read through asyncpg are its own UUID subclass, which orjson does not know.
     document = orjson.dumps(rows, default=str).decode()
     message = orjson.dumps({"k": "work", "r": settings.replica_id}).decode()
     records = await db.fetch(_INSERT_TASKS, document, BUS_CHANNEL, message, settings.replica_id)
     created = {record["id"]: record for record in records}
+    if inserted is not None:
+        inserted(created)
     if len(created) == len(rows):
         return [(out_of_row(created[row["id"]]), True) for row in rows], created
     return [await _existing_or_created(db, row, created) for row in rows], created
