@@ -25,7 +25,7 @@ from app.dispatch.effects import Effects
 from app.dispatch.fleet import Fleet
 from app.gateway.hub import Hub
 from app.gateway.protocol import Assign
-from app.routing.batch import route_batch
+from app.routing.batch import FitCache, route_batch
 from app.routing.policy import policy_from_settings
 from app.routing.strategies import Candidate, TaskRequirements, model_for_attempt, pick
 from app.tasks import lifecycle, recovery
@@ -77,6 +77,7 @@ class Dispatcher(BackgroundService):
         self.effects = effects
         self.policy = policy_from_settings(settings)
         self.last_agent_id: str | None = None
+        self.fits = FitCache()  # routing the next task of a kind reuses the fits of the last
         self._background: set[asyncio.Task[None]] = set()
         # Placement at submit (place()) is fair only while no older task this replica could take is waiting:
         # true when the last round drained the queue and no work was announced since it began.
@@ -192,6 +193,7 @@ class Dispatcher(BackgroundService):
             candidates,
             self.policy,
             last_agent_id=self.last_agent_id,
+            fits=self.fits,
         )
         for row, decision in zip(rows, decisions, strict=True):
             if decision is None:
@@ -284,6 +286,7 @@ class Dispatcher(BackgroundService):
             candidates,
             self.policy,
             last_agent_id=self.last_agent_id,
+            fits=self.fits,
         )
         plans = [
             (t, d.agent_id, model[d.agent_id]) for t, d in zip(fresh, decisions, strict=True) if d is not None

@@ -35,10 +35,13 @@ def route_batch(
     policy: RoutingPolicy,
     *,
     last_agent_id: str | None = None,
+    fits: FitCache | None = None,
 ) -> tuple[list[Decision | None], str | None]:
     """Decide every task in order, counting each decision against the chosen agent's free slots.
 
     Returns the decisions (None: nobody can take that task now) and the last agent picked, for round robin.
+    ``fits``: fits remembered from earlier calls with the same policy (the dispatcher's), so a single task
+    placed at submit does not compute every agent's fit again.
     """
     active = {c.agent_id: c.active for c in candidates}
     limit = {c.agent_id: c.max_concurrency for c in candidates}
@@ -49,7 +52,8 @@ def route_batch(
         if group is None:
             strategy = task.strategy or policy.strategy
             get_strategy(strategy)  # unknown names fail here, as in pick()
-            group = groups[task] = _Group(strategy, _fits(task, candidates, policy), policy.weights)
+            matched = _fits(task, candidates, policy) if fits is None else fits.of(task, candidates, policy)
+            group = groups[task] = _Group(strategy, matched, policy.weights)
         decision = group.decide(active, limit, last_agent_id)
         if decision is not None:
             active[decision.agent_id] += 1
@@ -60,6 +64,34 @@ def route_batch(
 
 def _fits(task: TaskRequirements, candidates: Sequence[Candidate], policy: RoutingPolicy) -> list[Fit]:
     return [fit(task, candidate, policy) for candidate in eligible(task, candidates, policy, any_load=True)]
+
+
+class FitCache:
+    """Fits by kind of task and agent, for one routing policy. A fit depends on the task and on the agent's
+    model, capabilities and success rate, not on its load; an entry is reused while those are unchanged, so
+    between two tasks of a kind only the agents whose record changed are fitted again. Bounded: a kind of
+    task too many is a reason to forget them all, and agents that left are forgotten with their kind."""
+
+    MAX_KINDS = 64
+
+    def __init__(self) -> None:
+        self._policy: RoutingPolicy | None = None
+        self._kinds: dict[TaskRequirements, dict[str, tuple[tuple[str, frozenset[str], float], Fit]]] = {}
+
+    def of(self, task: TaskRequirements, candidates: Sequence[Candidate], policy: RoutingPolicy) -> list[Fit]:
+        if policy is not self._policy or len(self._kinds) >= self.MAX_KINDS:
+            self._policy, self._kinds = policy, {}
+        kind = self._kinds.get(task)
+        if kind is None or len(kind) > 2 * len(candidates) + 64:
+            kind = self._kinds[task] = {}
+        fits: list[Fit] = []
+        for candidate in eligible(task, candidates, policy, any_load=True):
+            key = (candidate.model, candidate.capabilities, candidate.success_rate)
+            known = kind.get(candidate.agent_id)
+            if known is None or known[0] != key:
+                known = kind[candidate.agent_id] = (key, fit(task, candidate, policy))
+            fits.append(known[1])
+        return fits
 
 
 class _Group:
@@ -73,8 +105,8 @@ class _Group:
         self.strategy = strategy
         self.weights = weights
         self.by_id = {agent.agent_id: agent for agent in fits}
-        self.ordered = sorted(self.by_id)  # round robin's rotation order
         self.heap: list[tuple[Rank, int, str]] = []  # (rank, the active count it was computed with, agent)
+        self.ordered: list[str] = []  # round robin's rotation order, by agent_id
         self.started = False
 
     def _rank(self, agent_id: str, active: dict[str, int], limit: dict[str, int]) -> Rank:
@@ -82,6 +114,9 @@ class _Group:
 
     def decide(self, active: dict[str, int], limit: dict[str, int], last: str | None) -> Decision | None:
         if self.strategy == "round_robin":
+            if not self.started:
+                self.started = True
+                self.ordered = sorted(self.by_id)  # the rotation order
             chosen = next_in_rotation(self.ordered, last, lambda agent_id: active[agent_id] < limit[agent_id])
             return None if chosen is None else Decision(chosen, 0.0, self.by_id[chosen].cost)
         if not self.started:

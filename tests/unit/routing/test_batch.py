@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from app.routing.batch import route_batch
+from app.routing.batch import FitCache, route_batch
 from app.routing.scoring import Price, Weights
 from app.routing.strategies import Candidate, Decision, RoutingPolicy, TaskRequirements, pick
 
@@ -107,3 +107,30 @@ def test_rank_is_the_weighted_score_bit_for_bit() -> None:
             weights=policy.weights,
         )
         assert -key[0] == expected
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_remembered_fits_decide_as_fresh_ones_while_the_fleet_changes(seed: int) -> None:
+    rng = random.Random(seed)
+    policy = RoutingPolicy(
+        strategy=rng.choice(["capability_based", "round_robin", "least_loaded"]),
+        prices={"gpt-4": Price(0.03, 0.06), "claude-3-opus": Price(0.015, 0.075)},
+        cost_limit_per_task=rng.choice([None, 0.1]),
+    )
+    fleet = random_fleet(rng, rng.randint(1, 25))
+    kinds = [random_task(rng, fleet) for _ in range(3)]
+    fits = FitCache()
+    for _ in range(40):
+        # Between calls agents change what a fit depends on (success rate, model, capabilities), load, or
+        # leave; the cache must never answer with a stale fit.
+        index = rng.randrange(len(fleet))
+        fleet[index] = replace(
+            fleet[index],
+            success_rate=rng.choice([fleet[index].success_rate, 0.5, 0.8]),
+            model=rng.choice([fleet[index].model, *MODELS]),
+            capabilities=rng.choice([fleet[index].capabilities, frozenset(rng.sample(CAPS, 2))]),
+            active=rng.randint(0, 3),
+        )
+        present = [c for c in fleet if rng.random() > 0.1]
+        tasks = [rng.choice(kinds) for _ in range(rng.randint(1, 4))]
+        assert route_batch(tasks, present, policy, fits=fits) == route_batch(tasks, present, policy)
