@@ -27,7 +27,7 @@ from app.openapi import install_openapi
 from app.probes import router as probes_router
 from app.ratelimit import RateLimit
 from app.replicas.router import router as replicas_router
-from app.runtime import Runtime
+from app.runtime import HELD_CONNECTIONS, Runtime
 from app.security import KeyCache
 from app.storable_params import StorableParams
 from app.tasks.router import router as tasks_router
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(
             settings.database_url,
             pool_size=settings.db_pool_size,
+            held=HELD_CONNECTIONS,
             # Shorter than the replica timeout: by the time the others declare this replica dead, the
             # transactions it was frozen in have ended and their locks are free.
             idle_in_transaction=settings.replica_timeout / 2,

@@ -27,6 +27,7 @@ from app.dispatch.fleet import Fleet
 from app.dispatch.reaper import Reaper
 from app.dispatch.resync import CapacityResync
 from app.errors import CloseCode
+from app.gateway.batcher import SHARDS
 from app.gateway.endpoint import Gateway
 from app.gateway.hub import Hub
 from app.health.monitor import HealthMonitor
@@ -43,6 +44,9 @@ from app.tasks.states import OPEN
 logger = logging.getLogger(__name__)
 
 GOODBYE = "server shutting down; reconnect to another replica"
+# Connections the hot-path writers hold for good (the intake, each frame batcher shard, the dispatcher), on
+# top of the pool AGENTPLANE_DB_POOL_SIZE sizes for requests and background work.
+HELD_CONNECTIONS = 1 + SHARDS + 1
 # The row is created when missing: at start, or after the others declared this replica dead and deleted it.
 _HEARTBEAT = """INSERT INTO replicas (id) VALUES ($1)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now() RETURNING xmax = 0 AS created"""

@@ -25,11 +25,16 @@ def async_url(url: str) -> str:
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 
-def create_engine(url: str, *, pool_size: int = 10, idle_in_transaction: float | None = None) -> AsyncEngine:
-    """``idle_in_transaction``: seconds after which PostgreSQL ends a session of ours that sits in a
-    transaction without sending anything. Our transactions never wait on anything but the database, so only
-    a frozen process (a long GC pause, SIGSTOP, a partition) hits it; the locks it held are freed, and the
-    replicas that declare it dead are not blocked behind them."""
+def create_engine(
+    url: str, *, pool_size: int = 10, held: int = 0, idle_in_transaction: float | None = None
+) -> AsyncEngine:
+    """``held``: connections some writers keep for good (app.db.raw.HeldConnection), on top of ``pool_size``
+    kept open and as many again opened for bursts.
+
+    ``idle_in_transaction``: seconds after which PostgreSQL ends a session of ours that sits in a transaction
+    without sending anything. Our transactions never wait on anything but the database, so only a frozen
+    process (a long GC pause, SIGSTOP, a partition) hits it; the locks it held are freed, and the replicas
+    that declare it dead are not blocked behind them."""
     connect_args: dict[str, Any] = {"timeout": CONNECT_TIMEOUT_SECONDS}
     if idle_in_transaction:
         milliseconds = max(1000, round(idle_in_transaction * 1000))
@@ -39,7 +44,7 @@ def create_engine(url: str, *, pool_size: int = 10, idle_in_transaction: float |
         # orjson for JSONB parameters and results: payloads and outputs cross this on every task.
         json_serializer=lambda value: orjson.dumps(value).decode(),
         json_deserializer=orjson.loads,
-        pool_size=pool_size,
+        pool_size=pool_size + held,
         max_overflow=pool_size,
         # No pre-ping: it costs a round trip per checkout; a connection found dead raises once and the
         # pool discards it (callers already retry or fail the unit of work cleanly).

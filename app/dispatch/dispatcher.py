@@ -72,6 +72,7 @@ class Dispatcher(BackgroundService):
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.engine = engine_of(sessionmaker)
+        self.held = raw.HeldConnection(self.engine)  # one round at a time
         self.hub = hub
         self.fleet = fleet
         self.effects = effects
@@ -94,6 +95,7 @@ class Dispatcher(BackgroundService):
     async def stop(self) -> None:
         await super().stop()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.held.release()
 
     async def run(self) -> None:
         signals = self.effects.signals
@@ -243,7 +245,7 @@ class Dispatcher(BackgroundService):
         # sit behind more of them.
         limit = min(MAX_BATCH, spare if not self._stuck else max(spare, STUCK_WINDOW))
         claimed_ns = None if tracing.SERVER is None else time.time_ns()  # the queue span's end
-        async with raw.transaction(self.engine) as db:
+        async with self.held.transaction() as db:
             tasks = await lifecycle.claim_pending(
                 db,
                 capabilities=scope.capabilities,

@@ -82,6 +82,8 @@ class FrameBatcher:
         self.prices: Mapping[str, Price] = price_table(settings)
         self.retry = lifecycle.RetryPolicy(settings.retry_backoff, settings.retry_backoff_max)
         self.queues: list[asyncio.Queue[Item]] = [asyncio.Queue(QUEUE_SIZE // SHARDS) for _ in range(SHARDS)]
+        # A shard's worker writes one batch at a time (retries and isolation too), on a connection of its own.
+        self.held = [raw.HeldConnection(self.engine) for _ in range(SHARDS)]
         self._workers: list[asyncio.Task[None]] = []
         self._retrying: set[asyncio.Task[None]] = set()
 
@@ -99,13 +101,15 @@ class FrameBatcher:
                 await worker
         for task in list(self._retrying):
             task.cancel()
+        for held in self.held:
+            await held.release()
 
     async def put(self, connection: Connection, frame: Frame) -> None:
         """Queue a frame; waits only when the queue is full, which slows the agents down (backpressure)."""
         await self._queue_of(connection).put(Item(connection, frame, datetime.now(UTC)))
 
     def _queue_of(self, connection: Connection) -> asyncio.Queue[Item]:
-        return self.queues[zlib.crc32(connection.agent_id.encode()) % SHARDS]
+        return self.queues[_shard_of(connection)]
 
     async def _run(self, queue: asyncio.Queue[Item]) -> None:
         while True:
@@ -141,7 +145,7 @@ class FrameBatcher:
             connection.close(CloseCode.TRY_AGAIN_LATER, OUTAGE_CLOSE)
 
     async def _write(self, items: list[Item]) -> list[Outcome]:
-        async with raw.transaction(self.engine) as db:
+        async with self.held[_shard_of(items[0].connection)].transaction() as db:
             work = await Work.begin_raw(db)
             await work.lock(item.frame.assignment_id for item in items)
             outcomes = [self._apply(work, item) for item in items]
@@ -285,3 +289,8 @@ def _refusal(exc: Exception) -> str:
     first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     where = f" (column {column})" if column else ""
     return f"{first}{where} [{sqlstate}]" if sqlstate else f"{first}{where}"
+
+
+def _shard_of(connection: Connection) -> int:
+    """An agent's frames go to one shard, in order."""
+    return zlib.crc32(connection.agent_id.encode()) % SHARDS

@@ -55,6 +55,7 @@ class Placer(Protocol):
 class Intake:
     def __init__(self, *, engine: AsyncEngine, settings: Settings, placer: Placer | None = None) -> None:
         self.engine = engine
+        self.held = raw.HeldConnection(engine)  # one statement at a time: the group commit's writer
         self.settings = settings
         self.placer = placer
         self._waiting: list[Pending] = []
@@ -82,6 +83,7 @@ class Intake:
         if writer is not None and not writer.done():
             # Let the requests already accepted finish: the server stops taking new ones first.
             await asyncio.gather(writer, return_exceptions=True)
+        await self.held.release()
 
     async def _write_all(self) -> None:
         while self._waiting:
@@ -115,7 +117,7 @@ class Intake:
                 logger.exception("could not send the assigns of placed tasks")
 
         try:
-            async with raw.connection(self.engine) as db:
+            async with self.held.connection() as db:
                 results, _ = await submit.insert_rows(db, self.settings, rows, deliver)
         except Exception as exc:
             if placer is not None and not delivered:

@@ -25,14 +25,25 @@ async def engine(fresh_database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+@pytest.fixture
+async def intakes() -> AsyncIterator[list[Intake]]:
+    made: list[Intake] = []
+    yield made
+    for intake in made:
+        await intake.stop()  # gives back the connection its writer holds
+
+
 def row(settings: Settings, index: int, key: str | None = None) -> dict[str, object]:
     spec = TaskCreate(type="echo", capabilities=["echo"], payload={"i": index}, idempotency_key=key)
     return submit.row_of(spec, settings, owner=NOBODY, session_id=None, session_key=None)
 
 
-async def test_concurrent_submits_share_one_statement(engine: AsyncEngine, fresh_database_url: str) -> None:
+async def test_concurrent_submits_share_one_statement(
+    engine: AsyncEngine, fresh_database_url: str, intakes: list[Intake]
+) -> None:
     settings = load_settings(database_url=fresh_database_url)
     intake = Intake(engine=engine, settings=settings)
+    intakes.append(intake)
     results = await asyncio.gather(*(intake.submit(row(settings, i)) for i in range(40)))
     assert [created for _, created in results] == [True] * 40
     assert [task.payload for task, _ in results] == [{"i": i} for i in range(40)]
@@ -46,19 +57,23 @@ async def test_concurrent_submits_share_one_statement(engine: AsyncEngine, fresh
 
 
 async def test_a_repeated_key_in_one_statement_gets_the_first_task(
-    engine: AsyncEngine, fresh_database_url: str
+    engine: AsyncEngine, fresh_database_url: str, intakes: list[Intake]
 ) -> None:
     settings = load_settings(database_url=fresh_database_url)
     intake = Intake(engine=engine, settings=settings)
+    intakes.append(intake)
     results = await asyncio.gather(*(intake.submit(row(settings, i, key="same")) for i in range(10)))
     assert sum(created for _, created in results) == 1
     assert len({task.id for task, _ in results}) == 1
     assert intake.statements == 1
 
 
-async def test_one_bad_row_fails_only_its_own_request(engine: AsyncEngine, fresh_database_url: str) -> None:
+async def test_one_bad_row_fails_only_its_own_request(
+    engine: AsyncEngine, fresh_database_url: str, intakes: list[Intake]
+) -> None:
     settings = load_settings(database_url=fresh_database_url)
     intake = Intake(engine=engine, settings=settings)
+    intakes.append(intake)
     bad = row(settings, 0) | {"type": None}  # NOT NULL: the coalesced statement fails as a whole
     outcomes = await asyncio.gather(
         intake.submit(row(settings, 1)), intake.submit(bad), intake.submit(row(settings, 2)),

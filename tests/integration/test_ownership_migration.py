@@ -124,6 +124,7 @@ async def test_an_old_idempotency_key_is_the_unowned_ones_only(
     assert fresh.id != LEGACY_TASK
     again, created = await submit(owner)
     assert (again.id, created) == (fresh.id, False)
+    await intake.stop()
     async with raw.connection(engine) as db:
         row = await db.fetchrow("SELECT owner_key_id, project FROM tasks WHERE id = $1", fresh.id)
         assert (row["owner_key_id"], row["project"]) == (owner.key_id, None)
