@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -23,7 +23,7 @@ class ClaimScope(NamedTuple):
     task_types: list[str] | None  # None: some agent here takes any type
 
 
-@dataclass
+@dataclass(slots=True)  # one per connected agent: no instance dict
 class LocalAgent:
     id: str
     model: str
@@ -31,7 +31,7 @@ class LocalAgent:
     max_concurrency: int
     status: str = "active"
     task_types: frozenset[str] | None = None  # None: any type
-    versions: dict[str, str] = field(default_factory=dict)
+    versions: Mapping[str, str] = field(default_factory=dict)  # the registration's own (never changed)
     completed: int = 0
     failed: int = 0
     prior_success_rate: float = 1.0
@@ -97,7 +97,7 @@ class Fleet:
             max_concurrency=agent.max_concurrency,
             status=agent.status,
             task_types=agent.task_types,
-            versions=dict(agent.versions),
+            versions=agent.versions,  # read-only, like the frozen registration it comes from: not copied
             prior_success_rate=agent.success_rate,
             open=set(agent.held),  # hand-over: the leases it kept count against its capacity here
         )
