@@ -39,7 +39,7 @@ def tune_gc() -> None:
 def uvicorn_config(settings: Settings) -> Any:
     import uvicorn
 
-    from app.http_protocol import GuardedHttpProtocol
+    from app.http_protocol import GuardedHttpProtocol, LeanWebSocketProtocol
     from app.main import create_app
 
     return uvicorn.Config(
@@ -51,6 +51,8 @@ def uvicorn_config(settings: Settings) -> Any:
         # by the socket layer (close 1009).
         ws_max_size=max(16 * 1024 * 1024, settings.max_message_bytes * 4),
         ws_per_message_deflate=False,
+        # uvicorn's sans-I/O WebSocket protocol, lighter per open socket (app/http_protocol.py).
+        ws=LeanWebSocketProtocol,
         timeout_graceful_shutdown=10,
         # Read limits uvicorn lacks (slowloris, slow bodies, silent connections): app/http_protocol.py.
         http=GuardedHttpProtocol.configured(
