@@ -159,116 +159,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         return f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
 
 
-class _Inbox:
-    """The part of ``asyncio.Queue`` uvicorn's WebSocket protocol uses (``put_nowait``, ``get``, ``empty``),
-    with the same semantics, without the three deques and the Event an ``asyncio.Queue`` is made of (over 3 KB
-    per socket, for a queue that holds a message or two: the protocol stops reading until the app has taken
-    them)."""
-
-    __slots__ = ("_getters", "_head", "_items")
-
-    def __init__(self) -> None:
-        self._items: list[Any] = []
-        self._head = 0  # _items[_head:] are queued: taking one is O(1), not list.pop(0)
-        self._getters: list[asyncio.Future[None]] | None = None  # coroutines waiting in get(), in order
-
-    def qsize(self) -> int:
-        return len(self._items) - self._head
-
-    def empty(self) -> bool:
-        return self._head >= len(self._items)
-
-    def put_nowait(self, item: Any) -> None:
-        self._items.append(item)
-        self._wake_next()
-
-    def get_nowait(self) -> Any:
-        if self.empty():
-            raise asyncio.QueueEmpty
-        item = self._items[self._head]
-        self._head += 1
-        if self._head >= len(self._items):
-            self._items.clear()
-            self._head = 0
-        return item
-
-    async def get(self) -> Any:
-        while self.empty():  # as asyncio.Queue.get
-            getter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            if self._getters is None:
-                self._getters = []
-            self._getters.append(getter)
-            try:
-                await getter
-            except BaseException:
-                getter.cancel()
-                if self._getters is not None and getter in self._getters:
-                    self._getters.remove(getter)
-                if not self.empty() and not getter.cancelled():
-                    self._wake_next()  # the item this getter was woken for goes to the next one
-                raise
-        return self.get_nowait()
-
-    def _wake_next(self) -> None:
-        getters = self._getters
-        while getters:
-            getter = getters.pop(0)
-            if not getter.done():
-                getter.set_result(None)
-                break
-        if not getters:
-            self._getters = None
-
-
-class _Flag:
-    """``asyncio.Event`` (``set``, ``clear``, ``is_set``, ``wait``) without a deque per instance: uvicorn's
-    WebSocket protocol keeps one per socket (``writable``) and waits on it only while the transport's buffer
-    is full."""
-
-    __slots__ = ("_value", "_waiters")
-
-    def __init__(self) -> None:
-        self._value = False
-        self._waiters: list[asyncio.Future[bool]] | None = None
-
-    def is_set(self) -> bool:
-        return self._value
-
-    def set(self) -> None:
-        if not self._value:
-            self._value = True
-            for waiter in self._waiters or ():
-                if not waiter.done():
-                    waiter.set_result(True)
-
-    def clear(self) -> None:
-        self._value = False
-
-    async def wait(self) -> bool:
-        if self._value:
-            return True
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        if self._waiters is None:
-            self._waiters = []
-        self._waiters.append(waiter)
-        try:
-            await waiter
-            return True
-        finally:
-            if self._waiters is not None:
-                self._waiters.remove(waiter)
-                if not self._waiters:
-                    self._waiters = None
-
-
 class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, with the same behaviour, costing less per open socket:
 
     - ``__slots__`` for its state (uvicorn's instance dict has too many keys to be a shared-key one: ~1.6 KB);
-    - a light queue and flag (``_Inbox``, ``_Flag``) for its receive queue and its ``writable`` event;
     - the handshake's request and response headers are emptied once read and written: websockets' parser keeps
       the request for as long as the socket is open, and uvicorn the response (the ASGI scope has its own copy
-      of the request headers, which stays)."""
+      of the request headers, which stays).
+
+    It subclasses uvicorn's internals, so pyproject.toml holds uvicorn to the minor version it was written
+    for; an attribute a later version adds lands in an instance dict, as before, and costs only the saving."""
 
     __slots__ = (
         "app",
@@ -309,14 +209,6 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         "transport",
         "writable",
     )
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.queue = _Inbox()  # type: ignore[assignment]
-        writable = _Flag()
-        if self.writable.is_set():
-            writable.set()
-        self.writable = writable  # type: ignore[assignment]
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

@@ -1,5 +1,5 @@
-"""The lighter WebSocket protocol: its queue and flag behave as asyncio's, and a socket served by it keeps
-neither an instance dict nor the handshake's headers (the ASGI scope keeps its own)."""
+"""The lighter WebSocket protocol: a socket served by it keeps neither an instance dict nor the handshake's
+headers (the ASGI scope keeps its own), and works as uvicorn's."""
 
 from __future__ import annotations
 
@@ -7,72 +7,11 @@ import asyncio
 import base64
 from typing import Any
 
-import pytest
 import uvicorn
 from uvicorn.server import ServerState
 from websockets.frames import Frame, Opcode
 
-from app.http_protocol import LeanWebSocketProtocol, _Flag, _Inbox
-
-
-async def test_the_inbox_is_first_in_first_out_and_get_waits_for_an_item() -> None:
-    inbox = _Inbox()
-    assert inbox.empty()
-    with pytest.raises(asyncio.QueueEmpty):
-        inbox.get_nowait()
-    for n in range(5):
-        inbox.put_nowait(n)
-    assert inbox.qsize() == 5
-    assert [await inbox.get() for _ in range(3)] == [0, 1, 2]
-    inbox.put_nowait(5)
-    assert [await inbox.get() for _ in range(3)] == [3, 4, 5]
-    assert inbox.empty()
-    waiting = asyncio.create_task(inbox.get())
-    await asyncio.sleep(0)
-    assert not waiting.done()
-    inbox.put_nowait("later")
-    assert await waiting == "later"
-    assert inbox.empty()
-
-
-async def test_inbox_getters_are_served_in_order_and_a_cancelled_one_loses_nothing() -> None:
-    inbox = _Inbox()
-    first, second, third = (asyncio.create_task(inbox.get()) for _ in range(3))
-    await asyncio.sleep(0)
-    inbox.put_nowait("a")
-    second.cancel()  # cancelled before it could be woken: "a" goes to the first getter regardless
-    await asyncio.sleep(0)
-    assert await first == "a"
-    inbox.put_nowait("b")
-    assert await third == "b"
-    assert second.cancelled()
-    # A getter woken for an item and cancelled before it ran hands the item on.
-    woken, next_in_line = asyncio.create_task(inbox.get()), asyncio.create_task(inbox.get())
-    await asyncio.sleep(0)
-    inbox.put_nowait("c")
-    woken.cancel()
-    assert await next_in_line == "c"
-    assert inbox.empty()
-
-
-async def test_the_flag_waits_until_set() -> None:
-    flag = _Flag()
-    assert not flag.is_set()
-    waiters = [asyncio.create_task(flag.wait()) for _ in range(2)]
-    await asyncio.sleep(0)
-    assert not any(w.done() for w in waiters)
-    flag.set()
-    assert await asyncio.gather(*waiters) == [True, True]
-    assert await flag.wait()
-    flag.clear()
-    waiter = asyncio.create_task(flag.wait())
-    await asyncio.sleep(0)
-    waiter.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-    assert flag._waiters is None
-    flag.set()
-    assert flag.is_set()
+from app.http_protocol import LeanWebSocketProtocol
 
 
 class FakeTransport:
