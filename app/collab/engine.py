@@ -25,11 +25,15 @@ from app import tracing
 from app.collab.strategies import FinishedSubtask, SessionSpec, SubtaskSpec, get_strategy
 from app.config import Settings
 from app.db import raw
-from app.db.models import CollabSession, SessionEvent, Task
+from app.db.models import Agent, AgentCapability, CollabSession, SessionEvent, Task
 from app.errors import AppError, InvalidInput
 from app.metrics import Metrics
 from app.ownership import Owner
+from app.routing.policy import price_table
+from app.routing.scoring import estimate_cost
+from app.routing.strategies import COST_TOLERANCE
 from app.signals import Signals
+from app.statuses import AgentStatus
 from app.tasks.lifecycle import db_now
 from app.tasks.schemas import TaskCreate
 from app.tasks.service import cancel_open_task, notify_finished
@@ -182,7 +186,13 @@ async def _submit(
             )
             for spec in specs
         ]
-        await session.flush()  # the session's row first: its subtasks refer to it
+        await session.flush()  # the session's row first: its subtasks (and events) refer to it
+        if remaining is not None and (short := await _unaffordable(session, settings, creates, remaining)):
+            # Routing offers a subtask only to agents whose estimated cost fits what is left: pending, it
+            # would wait for the session's timeout. The budget is what stops the session.
+            error = {"code": "budget_exceeded", "message": short, "cost": row.cost, "budget": row.budget}
+            await end(session, row, advanced, status="failed", error=error)
+            return
         server = tracing.SERVER
         # Each subtask is a child of the step that submits it (tracing off: of the session's own context).
         step = None if server is None else server.step(row.traceparent, row.id, row.round)
@@ -220,6 +230,35 @@ async def _submit(
     ]
     await _add_events(session, rows)
     advanced.submitted = len(rows)
+
+
+async def _unaffordable(
+    session: AsyncSession, settings: Settings, creates: Sequence[TaskCreate], remaining: float
+) -> str | None:
+    """Why no connected agent that could take one of ``creates`` fits the ``remaining`` budget, by routing's
+    estimate (app.routing.scoring): None when each has such an agent, or has none connected yet (one may
+    join)."""
+    prices = price_table(settings)
+    for create in creates:
+        query = select(Agent.model).where(Agent.status != AgentStatus.OFFLINE.value).distinct()
+        for capability in create.capabilities:
+            query = query.where(
+                Agent.id.in_(select(AgentCapability.agent_id).where(AgentCapability.name == capability))
+            )
+        if create.agent_ids:
+            query = query.where(Agent.id.in_(create.agent_ids))
+        models = list(await session.scalars(query))
+        if not models:
+            continue
+        tokens = create.estimated_tokens
+        tokens = settings.default_estimated_tokens if tokens is None else tokens
+        cheapest = min(estimate_cost(tokens, prices.get(model)) for model in models)
+        if cheapest > remaining + COST_TOLERANCE:
+            return (
+                f"the budget left, {remaining:.6f}, is below the estimated cost of every agent that could "
+                f"take the next subtask (the cheapest: {cheapest:.6f} for {tokens} tokens)"
+            )
+    return None
 
 
 async def end(

@@ -26,7 +26,7 @@ from app.routing.scoring import (
 
 # 3,000 tokens of titan-v2 estimate to 0.0006000000000000001 in floats; a task capped at exactly its
 # estimate must still route.
-_COST_TOLERANCE = 1e-12
+COST_TOLERANCE = 1e-12
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +162,7 @@ def _admits(
         return False
     if task.agent_ids is not None and candidate.agent_id not in task.agent_ids:
         return False
-    return cost_cap is None or _estimated_cost(task, candidate, policy) <= cost_cap + _COST_TOLERANCE
+    return cost_cap is None or _estimated_cost(task, candidate, policy) <= cost_cap + COST_TOLERANCE
 
 
 def eligible(

@@ -4,6 +4,7 @@ out to its subtasks."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -186,6 +187,56 @@ async def test_a_session_budget_is_capped_and_each_subtask_may_spend_what_is_lef
             shown = (await client.get(f"/api/v1/tasks/{second['task_id']}")).json()
             assert shown["max_cost"] == pytest.approx(0.3)
             await client.post(f"/api/v1/sessions/{created.json()['id']}/cancel")
+    finally:
+        await worker.close()
+
+
+def priced_map_reduce(budget: float) -> dict[str, Any]:
+    body = map_reduce(budget)
+    body["task"]["capabilities"] = body["participants"]["capabilities"] = ["pricey"]
+    return body
+
+
+async def test_a_budget_no_capable_agent_can_be_paid_from_ends_the_session(
+    server: ServerProcess, agent_key: str
+) -> None:
+    """claude-3-opus is estimated at 0.045 USD for a task of 1,000 tokens (the default prices): a subtask that
+    may spend less is offered to no agent, so the session ends `budget_exceeded` instead of waiting for its
+    timeout, at the start and once what is left falls below the estimate."""
+    worker = await ListeningAgent.connect(
+        server.ws_url, agent_key, agent_id="pricey", capabilities=["pricey"], model="claude-3-opus"
+    )
+    try:
+        async with server.async_client() as client:
+            created = await client.post("/api/v1/sessions", json=priced_map_reduce(0.01))
+            assert created.status_code == 201, created.text
+            session = created.json()
+            assert session["status"] == "failed"
+            assert session["error"]["code"] == "budget_exceeded"
+            assert "below the estimated cost of every agent" in session["error"]["message"]
+
+            created = await client.post("/api/v1/sessions", json=priced_map_reduce(0.1))
+            assert created.status_code == 201, created.text
+            first = await worker.next("assign")
+            await worker.send(
+                {
+                    "type": "result",
+                    "assignment_id": first["assignment_id"],
+                    "status": "succeeded",
+                    "output": {"a": 1},
+                    "usage": {"cost": 0.07},  # 0.03 left: less than the next subtask's estimate
+                }
+            )
+            session_id = created.json()["id"]
+            for _ in range(200):
+                session = (await client.get(f"/api/v1/sessions/{session_id}")).json()
+                if session["status"] != "running":
+                    break
+                await asyncio.sleep(0.05)
+            assert session["status"] == "failed"
+            assert session["error"]["code"] == "budget_exceeded"
+            assert session["cost"] == pytest.approx(0.07)
+            assert [subtask["status"] for subtask in session["subtasks"]] == ["succeeded"]
     finally:
         await worker.close()
 
