@@ -39,6 +39,9 @@ _COUNTS = """SELECT now() AS now, count(*) AS connected,
 FROM agents WHERE status <> 'offline'"""
 _REFUSALS = """SELECT agent_id, finished_at, reason FROM assignments
 WHERE task_id = :task AND status = 'rejected' ORDER BY finished_at DESC NULLS LAST, id LIMIT :limit"""
+# How its last attempt ended: a refusal waits a short while, a failure its retry backoff.
+_LAST_ENDED = """SELECT status FROM assignments WHERE task_id = :task AND finished_at IS NOT NULL
+ORDER BY finished_at DESC, id LIMIT 1"""
 
 
 def _listed(names: list[str]) -> str:
@@ -54,7 +57,17 @@ async def explain(session: AsyncSession, task: Task, *, fallback_after: int) -> 
         for r in (await session.execute(text(_REFUSALS), {"task": task.id, "limit": REFUSALS})).mappings()
     ]
     model = model_for_attempt(task.model, task.fallback_models, task.attempt, fallback_after)
-    reason, eligible = _reason(task, model, counts.now, counts.connected, counts.typed, rows, refusals)
+    last = await session.scalar(text(_LAST_ENDED), {"task": task.id})
+    reason, eligible = _reason(
+        task,
+        model,
+        counts.now,
+        counts.connected,
+        counts.typed,
+        rows,
+        refusals,
+        refused_last=last == "rejected",
+    )
     return WaitingOut(reason=reason, eligible_agents=eligible, refusals=refusals)
 
 
@@ -66,6 +79,8 @@ def _reason(
     typed: int,
     capable: Any,
     refusals: list[RefusalOut],
+    *,
+    refused_last: bool = False,
 ) -> tuple[str, int]:
     """The first thing, in routing's order, that no connected agent offers; else what the capable ones do."""
     caps = _listed(list(task.required_capabilities))
@@ -95,9 +110,12 @@ def _reason(
         statuses = ", ".join(sorted({row["status"] for row in left}))
         return f"the agents that could take it are not taking work ({statuses})", len(left)
     if task.available_at > now:
-        return f"it is due again at {task.available_at.isoformat()} (backoff after a failed attempt)", len(
-            left
-        )
+        if refused_last and refusals:
+            last = refusals[0]
+            why = f"a short wait after {last.agent_id} refused it: {last.reason or 'no reason given'}"
+        else:
+            why = "backoff after a failed attempt"
+        return f"it is due again at {task.available_at.isoformat()} ({why})", len(left)
     recent = {r.agent_id for r in refusals if r.at is not None and (now - r.at).total_seconds() < RECENT}
     if recent >= {row["id"] for row in active}:
         latest = refusals[0].reason or "no reason given"
