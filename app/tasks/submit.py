@@ -85,7 +85,8 @@ def row_of(
     traceparent: str | None = None,
 ) -> dict[str, Any]:
     """``traceparent``: the span the server's spans for this task continue (app.tracing), version 00."""
-    size = len(orjson.dumps(spec.payload))
+    encoded = orjson.dumps(spec.payload)
+    size = len(encoded)
     limit = settings.max_message_bytes - _FRAME_OVERHEAD
     if size > limit:
         raise InvalidInput(
@@ -97,7 +98,8 @@ def row_of(
         "id": uuid.uuid4(),
         "type": spec.type,
         "required_capabilities": spec.capabilities,
-        "payload": spec.payload,
+        # Encoded once: the statement's document embeds these bytes as they are (insert_rows).
+        "payload": orjson.Fragment(encoded),
         "priority": spec.priority,
         "max_attempts": spec.max_attempts or settings.max_attempts,
         "timeout": spec.timeout or settings.task_timeout,
