@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,39 +43,6 @@ _EXISTING = """SELECT id, replica_id, status, owner_key_id, transport,
     EXISTS (SELECT 1 FROM assignments WHERE agent_id = agents.id AND status IN ('assigned', 'running'))
         AS holds_work
 FROM agents WHERE id = ANY($1::text[])"""
-# service._UPSERT for many agents at once (ids are unique within one statement: ON CONFLICT may touch a row
-# once). Each agent's capability index is replaced the same way: names that stay are updated in place, names
-# that went are deleted.
-_UPSERT = """WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::uuid[], $7::text[])
-        AS i(id, name, model, capabilities, max_concurrency, owner_key_id, task_types)
-), agent AS (
-    INSERT INTO agents (id, name, model, capabilities, max_concurrency, replica_id, owner_key_id, status,
-        connected_at, last_seen_at, health_failures, transport, task_types)
-    SELECT id, name, model, capabilities::jsonb, max_concurrency, $8, owner_key_id, 'active', now(), now(), 0,
-        $9, task_types::jsonb
-    FROM input ORDER BY id
-    ON CONFLICT (id) DO UPDATE SET name = excluded.name, model = excluded.model,
-        capabilities = excluded.capabilities, max_concurrency = excluded.max_concurrency,
-        replica_id = excluded.replica_id, connected_at = excluded.connected_at,
-        last_seen_at = excluded.last_seen_at, health_failures = excluded.health_failures,
-        version = agents.version + 1, owner_key_id = coalesce(agents.owner_key_id, excluded.owner_key_id),
-        task_types = excluded.task_types,
-        status = CASE WHEN agents.quarantined_until > now() THEN 'quarantined'
-            WHEN agents.status = 'draining' THEN 'draining' ELSE excluded.status END
-    RETURNING id, name, model, max_concurrency, tasks_completed, tasks_failed, version, status
-), caps AS (
-    SELECT * FROM unnest($10::text[], $11::text[], $12::text[], $13::text[])
-        AS c(agent_id, name, type, version)
-), gone AS (
-    DELETE FROM agent_capabilities old WHERE old.agent_id = ANY($1::text[])
-        AND NOT EXISTS (SELECT 1 FROM caps WHERE caps.agent_id = old.agent_id AND caps.name = old.name)
-), kept AS (
-    INSERT INTO agent_capabilities (agent_id, name, type, version)
-    SELECT agent_id, name, type, version FROM caps
-    ON CONFLICT (agent_id, name) DO UPDATE SET type = excluded.type, version = excluded.version
-)
-SELECT * FROM agent"""
 _NOTIFY = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS p(payload)"
 
 
@@ -86,6 +53,7 @@ class _Pending:
     key_id: uuid.UUID | None
     admin: bool
     future: asyncio.Future[RegisteredAgent]
+    undelivered: tuple[uuid.UUID, ...] = ()
 
 
 class Registrar:
@@ -113,12 +81,14 @@ class Registrar:
                 CloseCode.MODEL_NOT_ALLOWED,
                 f"model {frame.model!r} is not allowed here; allowed: {', '.join(allowed)}",
             )
-        if frame.holding or undelivered:  # leases to hand over or requeue: alone, as before
-            return await self._alone(frame, key_id=key_id, admin=admin, undelivered=undelivered)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[RegisteredAgent] = loop.create_future()
-        agent_id = frame.agent_id or service.new_agent_id()
-        self._waiting.append(_Pending(frame, agent_id, key_id, admin, future))
+        item = _Pending(
+            frame, frame.agent_id or service.new_agent_id(), key_id, admin, future, tuple(undelivered)
+        )
+        if frame.holding or undelivered:  # leases to hand over or requeue: alone, as before
+            return await self._alone(item)
+        self._waiting.append(item)
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._write_all(), name="agent-registrations")
         # Shielded: a socket that closes meanwhile must not cancel a write other registrations share.
@@ -133,14 +103,11 @@ class Registrar:
         if writer is not None and not writer.done():
             await asyncio.gather(writer, return_exceptions=True)
 
-    async def _alone(
-        self,
-        frame: Register,
-        *,
-        key_id: uuid.UUID | None,
-        admin: bool,
-        undelivered: Collection[uuid.UUID] = (),
-    ) -> RegisteredAgent:
+    async def _alone(self, item: _Pending) -> RegisteredAgent:
+        """One registration in a session of its own (``service.register``: hand-over and requeue included)."""
+        frame = item.frame
+        if frame.agent_id is None:  # the id chosen for it
+            frame = frame.model_copy(update={"agent_id": item.agent_id})
         async with self.sessionmaker() as session:
             registered = await service.register(
                 session,
@@ -148,9 +115,9 @@ class Registrar:
                 replica_id=self.settings.replica_id,
                 allowed_models=self.settings.allowed_models,
                 default_concurrency=self.settings.max_concurrent_tasks,
-                key_id=key_id,
-                admin=admin,
-                undelivered=undelivered,
+                key_id=item.key_id,
+                admin=item.admin,
+                undelivered=item.undelivered,
                 quarantine=Quarantine.of(self.settings),
             )
             await session.commit()
@@ -174,11 +141,8 @@ class Registrar:
                 await asyncio.gather(*(self._register_alone(item) for item in alone))
 
     async def _register_alone(self, item: _Pending) -> None:
-        frame = (
-            item.frame if item.frame.agent_id else item.frame.model_copy(update={"agent_id": item.agent_id})
-        )
         try:
-            registered = await self._alone(frame, key_id=item.key_id, admin=item.admin)
+            registered = await self._alone(item)
         except Exception as exc:
             _fail(item.future, exc)
         else:
@@ -224,7 +188,13 @@ class Registrar:
                         replaced.append(item.agent_id)
             if not plain:
                 return alone
-            records = {record["id"]: record for record in await db.fetch(_UPSERT, *self._arguments(plain))}
+            records = await service.upsert_agents(
+                db,
+                [(item.agent_id, item.frame, item.key_id) for item in plain],
+                replica_id=replica_id,
+                transport="websocket",
+                default_concurrency=self.settings.max_concurrent_tasks,
+            )
             if replaced:
                 payloads = [
                     orjson.dumps({"k": "replace", "agent": agent_id, "replica": replica_id}).decode()
@@ -237,31 +207,6 @@ class Registrar:
             if not item.future.done():
                 item.future.set_result(_registered(item, records[item.agent_id]))
         return alone
-
-    def _arguments(self, plain: Sequence[_Pending]) -> list[Any]:
-        default_concurrency = self.settings.max_concurrent_tasks
-        columns: list[list[Any]] = [[] for _ in range(7)]
-        caps: list[list[Any]] = [[] for _ in range(4)]
-        for item in plain:
-            frame = item.frame
-            for column, value in zip(
-                columns,
-                (
-                    item.agent_id,
-                    frame.name or item.agent_id,
-                    frame.model,
-                    raw.json_text([cap.model_dump() for cap in frame.capabilities]),
-                    frame.max_concurrency or default_concurrency,
-                    item.key_id,
-                    None if frame.task_types is None else raw.json_text(sorted(set(frame.task_types))),
-                ),
-                strict=True,
-            ):
-                column.append(value)
-            for cap in frame.capabilities:
-                for column, value in zip(caps, (item.agent_id, cap.name, cap.type, cap.version), strict=True):
-                    column.append(value)
-        return [*columns, self.settings.replica_id, "websocket", *caps]
 
 
 def _unique(items: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:

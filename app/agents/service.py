@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -46,13 +47,20 @@ class RegisteredAgent:
 _EXISTING = """SELECT replica_id, status, owner_key_id, transport,
     EXISTS (SELECT 1 FROM assignments WHERE agent_id = $1 AND status IN ('assigned', 'running')) AS holds_work
 FROM agents WHERE id = $1"""
-# A reconnect refreshes the row, bumps its version and keeps its first owner. The capability index is replaced
-# in the same statement; one statement cannot delete and re-insert the same key (both see one snapshot), so
-# names that stay are updated in place and only names that went are deleted.
-_UPSERT = """WITH agent AS (
+# A reconnect refreshes the row, bumps its version and keeps its first owner. One statement writes many agents
+# (the registrar coalesces registrations; a lone one is a batch of one), ids unique within it (ON CONFLICT may
+# touch a row once). The capability index is replaced in the same statement; one statement cannot delete and
+# re-insert the same key (both see one snapshot), so names that stay are updated in place and only names that
+# went are deleted.
+UPSERT_AGENTS = """WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::uuid[], $7::text[])
+        AS i(id, name, model, capabilities, max_concurrency, owner_key_id, task_types)
+), agent AS (
     INSERT INTO agents (id, name, model, capabilities, max_concurrency, replica_id, owner_key_id, status,
         connected_at, last_seen_at, health_failures, transport, task_types)
-    VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, 'active', now(), now(), 0, $11, $12::jsonb)
+    SELECT id, name, model, capabilities::jsonb, max_concurrency, $8, owner_key_id, 'active', now(), now(), 0,
+        $9, task_types::jsonb
+    FROM input ORDER BY id
     ON CONFLICT (id) DO UPDATE SET name = excluded.name, model = excluded.model,
         capabilities = excluded.capabilities, max_concurrency = excluded.max_concurrency,
         replica_id = excluded.replica_id, connected_at = excluded.connected_at,
@@ -63,15 +71,52 @@ _UPSERT = """WITH agent AS (
         -- drain, while its old socket has not been seen to close (a fast reconnect, or one during an outage).
         status = CASE WHEN agents.quarantined_until > now() THEN 'quarantined'
             WHEN agents.status = 'draining' THEN 'draining' ELSE excluded.status END
-    RETURNING name, model, max_concurrency, tasks_completed, tasks_failed, version, status
+    RETURNING id, name, model, max_concurrency, tasks_completed, tasks_failed, version, status
+), caps AS (
+    SELECT * FROM unnest($10::text[], $11::text[], $12::text[], $13::text[])
+        AS c(agent_id, name, type, version)
 ), gone AS (
-    DELETE FROM agent_capabilities WHERE agent_id = $1 AND name <> ALL($8::text[])
+    DELETE FROM agent_capabilities old WHERE old.agent_id = ANY($1::text[])
+        AND NOT EXISTS (SELECT 1 FROM caps WHERE caps.agent_id = old.agent_id AND caps.name = old.name)
 ), kept AS (
     INSERT INTO agent_capabilities (agent_id, name, type, version)
-    SELECT $1, name, type, version FROM unnest($8::text[], $9::text[], $10::text[]) AS c(name, type, version)
+    SELECT agent_id, name, type, version FROM caps
     ON CONFLICT (agent_id, name) DO UPDATE SET type = excluded.type, version = excluded.version
 )
 SELECT * FROM agent"""
+
+
+async def upsert_agents(
+    db: raw.Driver,
+    agents: Sequence[tuple[str, Register, uuid.UUID | None]],
+    *,
+    replica_id: str,
+    transport: str,
+    default_concurrency: int,
+) -> dict[str, Any]:
+    """Write (agent id, its register frame, the key registering it) for each agent, ids unique: the stored
+    rows by id (name, model, max_concurrency, tasks_completed, tasks_failed, version, status)."""
+    columns: list[list[Any]] = [[] for _ in range(7)]
+    caps: list[list[Any]] = [[] for _ in range(4)]
+    for agent_id, frame, key_id in agents:
+        values = (
+            agent_id,
+            frame.name or agent_id,
+            frame.model,
+            raw.json_text([cap.model_dump() for cap in frame.capabilities]),
+            frame.max_concurrency or default_concurrency,
+            key_id,
+            None if frame.task_types is None else raw.json_text(sorted(set(frame.task_types))),
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+        for cap in frame.capabilities:
+            for column, value in zip(caps, (agent_id, cap.name, cap.type, cap.version), strict=True):
+                column.append(value)
+    records = await db.fetch(UPSERT_AGENTS, *columns, replica_id, transport, *caps)
+    return {record["id"]: record for record in records}
+
+
 # Of the rest it named, those whose answer is recorded need no cancel: the agent's resent result is acked.
 _ANSWERED = """SELECT id FROM assignments WHERE id = ANY($1::uuid[]) AND status IN ('succeeded', 'failed')"""
 
@@ -136,21 +181,14 @@ async def register(
         answered = {record["id"] for record in await db.fetch(_ANSWERED, sorted(lost))}
         released = tuple(sorted(lost - answered))
     capabilities = frame.capabilities
-    agent = await db.fetchrow(
-        _UPSERT,
-        agent_id,
-        frame.name or agent_id,
-        frame.model,
-        raw.json_text([cap.model_dump() for cap in capabilities]),
-        frame.max_concurrency or default_concurrency,
-        replica_id,
-        key_id,
-        [cap.name for cap in capabilities],
-        [cap.type for cap in capabilities],
-        [cap.version for cap in capabilities],
-        transport,
-        None if frame.task_types is None else raw.json_text(sorted(set(frame.task_types))),
+    written = await upsert_agents(
+        db,
+        [(agent_id, frame, key_id)],
+        replica_id=replica_id,
+        transport=transport,
+        default_concurrency=default_concurrency,
     )
+    agent = written[agent_id]
     if previous_replica is not None and previous_replica != replica_id:
         await notify(session, {"k": "replace", "agent": agent_id, "replica": replica_id})
     done = agent["tasks_completed"] + agent["tasks_failed"]
