@@ -66,29 +66,42 @@ def _fits(task: TaskRequirements, candidates: Sequence[Candidate], policy: Routi
     return [fit(task, candidate, policy) for candidate in eligible(task, candidates, policy, any_load=True)]
 
 
-class FitCache:
-    """Fits by kind of task and agent, for one routing policy. A fit depends on the task and on the agent's
-    model, capabilities and success rate, not on its load; an entry is reused while those are unchanged, so
-    between two tasks of a kind only the agents whose record changed are fitted again. Bounded: a kind of
-    task too many is a reason to forget them all, and agents that left are forgotten with their kind."""
+_Kind = tuple[frozenset[str], int]  # of a task: its required capabilities and estimated tokens
+_AgentRecord = tuple[str, frozenset[str], float]  # of an agent: its model, capabilities and success rate
 
-    MAX_KINDS = 64
+
+class FitCache:
+    """Fits by what a fit depends on, for one routing policy: of the task, its required capabilities and
+    estimated tokens (not its cost cap, model, type or agent list: those decide eligibility, checked afresh);
+    of the agent, its model, capabilities and success rate (not its load). An entry is reused while those are
+    unchanged, so between two tasks of a kind only the agents whose record changed are fitted again. Bounded
+    in entries, not kinds: past MAX_ENTRIES it starts over (a fleet of 10,000 agents is 10,000 per kind)."""
+
+    MAX_ENTRIES = 32_768
 
     def __init__(self) -> None:
         self._policy: RoutingPolicy | None = None
-        self._kinds: dict[TaskRequirements, dict[str, tuple[tuple[str, frozenset[str], float], Fit]]] = {}
+        self._kinds: dict[
+            tuple[frozenset[str], int], dict[str, tuple[tuple[str, frozenset[str], float], Fit]]
+        ]
+        self._kinds = {}
+        self._entries = 0
 
     def of(self, task: TaskRequirements, candidates: Sequence[Candidate], policy: RoutingPolicy) -> list[Fit]:
-        if policy is not self._policy or len(self._kinds) >= self.MAX_KINDS:
-            self._policy, self._kinds = policy, {}
-        kind = self._kinds.get(task)
-        if kind is None or len(kind) > 2 * len(candidates) + 64:
-            kind = self._kinds[task] = {}
+        if policy is not self._policy:
+            self._policy, self._kinds, self._entries = policy, {}, 0
+        kind = self._kinds.setdefault((task.required_capabilities, task.estimated_tokens), {})
         fits: list[Fit] = []
         for candidate in eligible(task, candidates, policy, any_load=True):
             key = (candidate.model, candidate.capabilities, candidate.success_rate)
             known = kind.get(candidate.agent_id)
             if known is None or known[0] != key:
+                if known is None:
+                    if self._entries >= self.MAX_ENTRIES:  # agents that left, kinds seen once: start over
+                        self._kinds.clear()
+                        self._entries = 0
+                        kind = self._kinds[(task.required_capabilities, task.estimated_tokens)] = {}
+                    self._entries += 1
                 known = kind[candidate.agent_id] = (key, fit(task, candidate, policy))
             fits.append(known[1])
         return fits

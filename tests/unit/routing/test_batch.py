@@ -134,3 +134,16 @@ def test_remembered_fits_decide_as_fresh_ones_while_the_fleet_changes(seed: int)
         present = [c for c in fleet if rng.random() > 0.1]
         tasks = [rng.choice(kinds) for _ in range(rng.randint(1, 4))]
         assert route_batch(tasks, present, policy, fits=fits) == route_batch(tasks, present, policy)
+
+
+def test_the_fit_cache_is_bounded_in_entries_whatever_the_kinds() -> None:
+    fleet = [Candidate(f"agent-{i}", "local", frozenset({"a"}), 4, 0) for i in range(50)]
+    fits = FitCache()
+    fits.MAX_ENTRIES = 120
+    policy = RoutingPolicy()
+    for tokens in range(40):  # a client may send any estimated_tokens: a new kind each
+        task = TaskRequirements(frozenset({"a"}), estimated_tokens=tokens)
+        assert route_batch([task], fleet, policy, fits=fits) == route_batch([task], fleet, policy)
+        assert fits._entries <= 120
+        assert sum(len(kind) for kind in fits._kinds.values()) == fits._entries
+    assert fits._entries > 0  # it kept remembering: cleared when full, not disabled
