@@ -30,6 +30,7 @@ from app.config import Settings
 from app.db import raw
 from app.tasks import submit
 from app.tasks.schemas import TaskOut
+from app.tasks.service import out_of_row
 
 logger = logging.getLogger(__name__)
 
@@ -100,13 +101,13 @@ class Intake:
         placer = self.placer if place else None
         if placer is not None:
             await placer.place(rows)
-        delivered = False
+        written: Mapping[Any, Any] | None = None  # the rows the statement wrote, once it has returned
 
         def deliver(records: Mapping[Any, Any]) -> None:
             # The `assign` leaves as soon as the statement returns: before the answers are built and the
             # connection goes back to the pool (a tenth of a millisecond on the dispatch path at low rates).
-            nonlocal delivered
-            delivered = True
+            nonlocal written
+            written = records
             if placer is None:
                 return
             try:
@@ -120,7 +121,12 @@ class Intake:
             async with self.held.connection() as db:
                 results, _ = await submit.insert_rows(db, self.settings, rows, deliver)
         except Exception as exc:
-            if placer is not None and not delivered:
+            if written is not None:
+                # The statement wrote its rows and their assigns left; what failed came after (reading back
+                # a repeated key's task). The written ones are answered from the statement.
+                await self._answer_written(batch, written, exc)
+                return
+            if placer is not None:
                 placer.release([row for row in rows if row["agent_id"] is not None])
                 for row in rows:
                     row.update(agent_id=None, assignment_id=None, agent_model=None)
@@ -136,6 +142,21 @@ class Intake:
         # The tasks are written: their requests are answered whatever happened to the assigns.
         for (_, future), result in zip(batch, results, strict=True):
             _settle(future, result)
+
+    async def _answer_written(self, batch: list[Pending], written: Mapping[Any, Any], exc: Exception) -> None:
+        self.statements += 1
+        self.rows += len(batch)
+        for item in batch:
+            row, future = item
+            if row["id"] in written:  # written by the statement (a retry would find its id taken)
+                _settle(future, (out_of_row(written[row["id"]]), True))
+                continue
+            # A repeated key: nothing was leased for it (deliver gave its slot back).
+            row.update(agent_id=None, assignment_id=None, agent_model=None)
+            if len(batch) > 1:
+                await self._write([item], place=False)
+            else:
+                _settle(future, exc)
 
 
 def _consume(future: asyncio.Future[tuple[TaskOut, bool]]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -16,6 +17,7 @@ from app.ownership import NOBODY
 from app.tasks import submit
 from app.tasks.intake import Intake
 from app.tasks.schemas import TaskCreate
+from tests.support import sql
 
 
 @pytest.fixture
@@ -84,3 +86,34 @@ async def test_one_bad_row_fails_only_its_own_request(
     assert not isinstance(first, BaseException)
     assert not isinstance(third, BaseException)
     assert (first[0].payload, third[0].payload) == ({"i": 1}, {"i": 2})
+
+
+async def test_a_failure_after_the_statement_answers_the_rows_it_wrote(
+    engine: AsyncEngine, fresh_database_url: str, intakes: list[Intake], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The statement wrote the new row; reading back the task a repeated key names then failed (a dropped
+    connection, say). The new row's request gets its task, not a conflict that would make its client submit
+    it again; the repeated key's request is retried alone and gets the first task."""
+    settings = load_settings(database_url=fresh_database_url)
+    intake = Intake(engine=engine, settings=settings)
+    intakes.append(intake)
+    first, _ = await intake.submit(row(settings, 0, key="once"))
+    lookups = 0
+    real = submit._existing_or_created
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal lookups
+        lookups += 1
+        if lookups == 1:
+            raise ConnectionResetError("connection lost while reading back")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(submit, "_existing_or_created", flaky)
+    fresh, repeated = await asyncio.gather(
+        intake.submit(row(settings, 1)), intake.submit(row(settings, 2, key="once"))
+    )
+    assert fresh[1] is True
+    assert fresh[0].payload == {"i": 1}
+    assert (repeated[0].id, repeated[1]) == (first.id, False)
+    count = await sql.fetchval(fresh_database_url, "SELECT count(*) FROM tasks")
+    assert count == 2  # nothing written twice
