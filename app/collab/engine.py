@@ -12,11 +12,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -235,23 +235,25 @@ async def _submit(
 async def _unaffordable(
     session: AsyncSession, settings: Settings, creates: Sequence[TaskCreate], remaining: float
 ) -> str | None:
-    """Why no connected agent that could take one of ``creates`` fits the ``remaining`` budget, by routing's
-    estimate (app.routing.scoring): None when each has such an agent, or has none connected yet (one may
-    join)."""
+    """Why no present agent that could take one of ``creates`` fits the ``remaining`` budget, by routing's
+    estimate (app.routing.scoring): None when each has such an agent, or has none present yet (one may join).
+    Present: connected, or seen lately (one reconnecting through a restart or a deploy counts)."""
     prices = price_table(settings)
-    for create in creates:
-        query = select(Agent.model).where(Agent.status != AgentStatus.OFFLINE.value).distinct()
-        for capability in create.capabilities:
+    lately = func.now() - timedelta(seconds=settings.replica_timeout + settings.handover_grace)
+    present = or_(Agent.status != AgentStatus.OFFLINE.value, Agent.last_seen_at > lately)
+    kinds = {(tuple(c.capabilities), tuple(c.agent_ids or ()), c.estimated_tokens) for c in creates}
+    for capabilities, agent_ids, estimated in sorted(kinds, key=repr):
+        query = select(Agent.model).where(present).distinct()
+        for capability in capabilities:
             query = query.where(
                 Agent.id.in_(select(AgentCapability.agent_id).where(AgentCapability.name == capability))
             )
-        if create.agent_ids:
-            query = query.where(Agent.id.in_(create.agent_ids))
+        if agent_ids:
+            query = query.where(Agent.id.in_(agent_ids))
         models = list(await session.scalars(query))
         if not models:
             continue
-        tokens = create.estimated_tokens
-        tokens = settings.default_estimated_tokens if tokens is None else tokens
+        tokens = settings.default_estimated_tokens if estimated is None else estimated
         cheapest = min(estimate_cost(tokens, prices.get(model)) for model in models)
         if cheapest > remaining + COST_TOLERANCE:
             return (
