@@ -63,6 +63,7 @@ class Registrar:
         self.engine = engine_of(sessionmaker)
         self._waiting: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
+        self._alone_tasks: set[asyncio.Task[None]] = set()  # registrations with leases, off the writer
         self.batches = 0  # for tests and the performance log: registrations / batches is the coalescing
         self.coalesced = 0
 
@@ -102,6 +103,7 @@ class Registrar:
         writer = self._writer
         if writer is not None and not writer.done():
             await asyncio.gather(writer, return_exceptions=True)
+        await asyncio.gather(*self._alone_tasks, return_exceptions=True)
 
     async def _alone(self, item: _Pending) -> RegisteredAgent:
         """One registration in a session of its own (``service.register``: hand-over and requeue included)."""
@@ -137,8 +139,10 @@ class Registrar:
                     "a coalesced registration failed; registering its %d agents one by one", len(batch)
                 )
                 alone = [item for item in batch if not item.future.done()]
-            if alone:  # concurrently, as they used to run: each is its own transaction
-                await asyncio.gather(*(self._register_alone(item) for item in alone))
+            for item in alone:  # each its own transaction, as they used to run, not holding up the next batch
+                task = asyncio.get_running_loop().create_task(self._register_alone(item))
+                self._alone_tasks.add(task)
+                task.add_done_callback(self._alone_tasks.discard)
 
     async def _register_alone(self, item: _Pending) -> None:
         try:
