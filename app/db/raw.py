@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
@@ -59,17 +60,28 @@ class HeldConnection:
     (closed, still in a transaction, or interrupted mid-statement) is discarded and the next use opens
     another."""
 
+    MAX_AGE = 1800.0  # seconds, as the pool's pool_recycle
+
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._pooled: AsyncConnection | None = None
         self._driver: Driver | None = None
+        self._opened = 0.0
+        self._released = False
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Driver]:
         """The held connection, outside any transaction (each statement commits on its own)."""
+        if self._released:  # a straggler after shutdown began: a pooled connection, given back after
+            async with connection(self.engine) as pooled:
+                yield pooled
+            return
+        if self._driver is not None and time.monotonic() - self._opened > self.MAX_AGE:
+            await self.discard()  # closed and replaced, as the pool recycles its own
         if self._driver is None or self._pooled is None:
             self._pooled = await self.engine.connect()
             self._driver = (await self._pooled.get_raw_connection()).driver_connection
+            self._opened = time.monotonic()
         driver: Driver = self._driver
         try:
             yield driver
@@ -95,7 +107,8 @@ class HeldConnection:
                 await pooled.close()
 
     async def release(self) -> None:
-        """Give the connection back to the pool (at shutdown)."""
+        """Give the connection back to the pool (at shutdown: later uses check one out each time)."""
+        self._released = True
         pooled, self._pooled, self._driver = self._pooled, None, None
         if pooled is not None:
             with contextlib.suppress(Exception):
