@@ -112,5 +112,7 @@ def _forget_dead_holders(path: Path) -> None:
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.AccessDenied:  # another user's process: it exists, and may still use the server
+        return True
     except psutil.Error:
         return False
