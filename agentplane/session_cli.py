@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from agentplane.client import ApiError, api_key, server_url
+from agentplane.client import ApiError, Client, Unreachable, api_key
 from agentplane.urls import DEFAULT_URL, KEY_ENV, URL_ENV, ServerUrlError
 
 STRATEGIES = ("map_reduce", "consensus", "chain")
@@ -72,30 +71,14 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", help=f"an API key with the client scope (default ${KEY_ENV})")
 
 
-def _client(args: argparse.Namespace) -> httpx.Client:
+def _client(args: argparse.Namespace) -> Client:
     key = api_key(args.key)
     if not key:
         raise CliError(f"an API key is required: --key or ${KEY_ENV}", 2)
     try:
-        url = server_url(args.url)
+        return Client(args.url, key)
     except ServerUrlError as exc:
         raise CliError(str(exc), 2) from None
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30.0)
-
-
-def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-    try:
-        response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        raise CliError(f"cannot reach {client.base_url}: {exc}") from None
-    if response.is_success:
-        body: dict[str, Any] = response.json()
-        return body
-    try:
-        problem = response.json()
-    except ValueError:
-        problem = {"title": response.reason_phrase, "detail": response.text[:200]}
-    raise CliError("\n".join(ApiError(response.status_code, problem).lines()))
 
 
 def _read_body(path: Path, strategy: str) -> dict[str, Any]:
@@ -155,10 +138,10 @@ def progress(session: dict[str, Any]) -> str:
     )
 
 
-def watch(client: httpx.Client, session_id: str) -> dict[str, Any]:
+def watch(client: Client, session_id: str) -> dict[str, Any]:
     """Redraw the subtasks until the session ends; returns its final view."""
     console = Console(stderr=True)  # stdout is for the result, so it can be piped
-    session = _call(client, "GET", f"/api/v1/sessions/{session_id}")
+    session = client.get_session(session_id)
     if not console.is_terminal:
         # A live table needs a terminal (rich would draw only the last frame): a line per change instead.
         shown = ""
@@ -170,11 +153,11 @@ def watch(client: httpx.Client, session_id: str) -> dict[str, Any]:
             if session["status"] != "running":
                 return session
             time.sleep(REFRESH)
-            session = _call(client, "GET", f"/api/v1/sessions/{session_id}")
+            session = client.get_session(session_id)
     with Live(render(session), console=console, refresh_per_second=4, transient=False) as live:
         while session["status"] == "running":
             time.sleep(REFRESH)
-            session = _call(client, "GET", f"/api/v1/sessions/{session_id}")
+            session = client.get_session(session_id)
             live.update(render(session))
     return session
 
@@ -187,11 +170,18 @@ def _guarded(args: argparse.Namespace, work: Any) -> int:
     except CliError as exc:
         print(f"agentplane: {exc}", file=sys.stderr)
         return exc.code
+    except ApiError as exc:
+        for line in exc.lines():
+            print(line if line.startswith(" ") else f"agentplane: {line}", file=sys.stderr)
+        return 1
+    except Unreachable as exc:  # the URL is redacted: no password in the message
+        print(f"agentplane: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    def run(client: httpx.Client) -> int:
-        created = _call(client, "POST", "/api/v1/sessions", json=_read_body(args.file, args.strategy))
+    def run(client: Client) -> int:
+        created = client.create_session(_read_body(args.file, args.strategy))
         if not args.watch:
             _print_json(created)
             return 0
@@ -206,8 +196,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    def cancel(client: httpx.Client) -> int:
-        _print_json(_call(client, "POST", f"/api/v1/sessions/{args.session_id}/cancel"))
+    def cancel(client: Client) -> int:
+        _print_json(client.cancel_session(args.session_id))
         return 0
 
     return _guarded(args, cancel)

@@ -69,6 +69,17 @@ def test_an_unreachable_server_is_one_line_and_a_failure(command: list[str]) -> 
     assert lines[0].startswith(f"agentplane: cannot reach {url}"), lines[0]
 
 
+@pytest.mark.parametrize(
+    "command", [["task", "get", NOBODY], ["session", "watch", NOBODY]], ids=lambda command: command[0]
+)
+def test_an_unreachable_servers_password_is_not_printed(command: list[str]) -> None:
+    url = f"http://operator:hunter2@127.0.0.1:{free_port()}"
+    done = agentplane(*command, env={"AGENTPLANE_URL": url, "AGENTPLANE_KEY": "ap_x"})
+    assert done.returncode == 1
+    assert "cannot reach" in done.stderr
+    assert "hunter2" not in done.stderr
+
+
 def test_a_422_is_printed_once(server: ServerProcess) -> None:
     env = {"AGENTPLANE_URL": server.base_url, "AGENTPLANE_KEY": server.create_key("client")}
     done = agentplane(
