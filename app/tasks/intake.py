@@ -104,8 +104,8 @@ class Intake:
         written: Mapping[Any, Any] | None = None  # the rows the statement wrote, once it has returned
 
         def deliver(records: Mapping[Any, Any]) -> None:
-            # The `assign` leaves as soon as the statement returns: before the answers are built and the
-            # connection goes back to the pool (a tenth of a millisecond on the dispatch path at low rates).
+            # The `assign` leaves as soon as the statement returns, before the answers are built (at low rates
+            # that work was a tenth of a millisecond on the dispatch path).
             nonlocal written
             written = records
             if placer is None:
