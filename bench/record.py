@@ -30,6 +30,7 @@ REQUIRED_KEYS = (
     "duplicated",
     "errors",
     "server_cpu_percent",
+    "server_cpu_ms_per_task",  # None when no task finished (idle, or a run that lost every task)
     "server_rss_mb",
     "baseline_rps",
     "cores",
