@@ -68,9 +68,9 @@ UPSERT_AGENTS = """WITH input AS (
         version = agents.version + 1, owner_key_id = coalesce(agents.owner_key_id, excluded.owner_key_id),
         task_types = excluded.task_types,
         -- Reconnecting does not end a quarantine: only its cool-down, a success or an operator does. Nor a
-        -- drain, while its old socket has not been seen to close (a fast reconnect, or one during an outage).
+        -- drain: only the agent's goodbye does (a fast reconnect, a lost socket, a replica declared dead).
         status = CASE WHEN agents.quarantined_until > now() THEN 'quarantined'
-            WHEN agents.status = 'draining' THEN 'draining' ELSE excluded.status END
+            WHEN agents.status = 'draining' OR agents.drain_requested THEN 'draining' ELSE excluded.status END
     RETURNING id, name, model, max_concurrency, tasks_completed, tasks_failed, version, status
 ), caps AS (
     SELECT * FROM unnest($10::text[], $11::text[], $12::text[], $13::text[])
@@ -219,12 +219,14 @@ async def disconnect(
     undelivered: Collection[uuid.UUID] = (),
     handover: bool = False,
     quarantine: Quarantine | None = None,
+    goodbye: bool = False,
 ) -> lifecycle.Outcome:
     """The socket of registration ``version`` on ``replica_id`` closed: the agent is offline at once. A no-op
     when a newer registration (on any replica) owns the agent. ``undelivered``: assignments whose `assign`
     never reached the socket; they go back to the queue now and cost their task no attempt. The rest goes
     back now too, unless ``handover``: then it waits for the agent to reconnect and claim it, and the reaper
-    requeues what nobody claimed within the grace period (app.tasks.recovery.requeue_abandoned)."""
+    requeues what nobody claimed within the grace period (app.tasks.recovery.requeue_abandoned).
+    ``goodbye``: the agent closed its socket itself (1000), which ends a drain; any other close keeps it."""
     row = (await session.execute(select(Agent.version, Agent.replica_id).where(Agent.id == agent_id))).first()
     current, owner = (row[0], row[1]) if row is not None else (None, None)
     if current != version:
@@ -254,10 +256,11 @@ async def disconnect(
             registration=(agent_id, version),
             quarantine=quarantine,
         )
+    ended = {"drain_requested": False} if goodbye else {}
     await session.execute(
         update(Agent)
         .where(Agent.id == agent_id, Agent.version == version)
-        .values(status="offline", last_seen_at=func.now())
+        .values(status="offline", last_seen_at=func.now(), **ended)
     )
     return outcome
 
@@ -275,6 +278,7 @@ async def drain(session: AsyncSession, agent_id: str) -> Agent:
     if agent.status == "offline":
         raise Conflict(f"agent {agent_id} is offline; only a connected agent can be drained")
     agent.status = "draining"
+    agent.drain_requested = True  # kept through lost sockets and replica deaths, until the agent says goodbye
     await notify(session, {"k": "drain", "agent": agent_id})
     await session.commit()
     await session.refresh(agent)

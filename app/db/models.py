@@ -71,6 +71,9 @@ class Agent(Base):
     consecutive_lapses: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     quarantined_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_health_check_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # An operator drained it: it stays draining through lost sockets and replica deaths until it says goodbye
+    # (closes its socket with 1000) or is deregistered (app.agents.service).
+    drain_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
 
 
 class A2AAgent(Base):

@@ -350,7 +350,7 @@ class Gateway:
             and (connection.close_code is None or connection.expect_back)
         )
 
-    async def _disconnect(self, connection: Connection, *, handover: bool) -> Outcome:
+    async def _disconnect(self, connection: Connection, *, handover: bool, goodbye: bool) -> Outcome:
         async with self.sessionmaker() as session:
             outcome = await agents.disconnect(
                 session,
@@ -363,12 +363,15 @@ class Gateway:
                 quarantine=None
                 if connection.close_code == CloseCode.SERVER_DRAINING
                 else Quarantine.of(self.settings),
+                goodbye=goodbye,
             )
             await session.commit()
             return outcome
 
     async def _cleanup(self, connection: Connection) -> None:
         handover = self._hands_over(connection)
+        # The agent closed its socket itself, cleanly: what a drained agent does when it is done.
+        goodbye = connection.peer_close_code == 1000 and connection.close_code is None
         connection.close(1000, "bye")
         await connection.drained(5)
         if not self.hub.detach(connection):
@@ -376,7 +379,7 @@ class Gateway:
         self.effects.fleet.agent_left(connection.agent_id)
         try:
             # Shielded with its own session and commit, so a cancelled handler (shutdown) still records it.
-            outcome = await asyncio.shield(self._disconnect(connection, handover=handover))
+            outcome = await asyncio.shield(self._disconnect(connection, handover=handover, goodbye=goodbye))
         except Exception as exc:
             # The reaper recovers the leases when they lapse; nothing is lost, only delayed.
             report_failure(logger, exc, "could not mark agent offline", agent_id=connection.agent_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 import websockets
@@ -224,6 +225,45 @@ async def test_drain_tells_the_agent_and_takes_it_out_of_routing(
             assert done["agent_id"] == "fresh"
     finally:
         await drained.close()
+
+
+async def test_a_drain_lasts_until_the_agent_says_goodbye(server: ServerProcess, agent_key: str) -> None:
+    """A lost socket (or a replica declared dead) does not end a drain: the agent reconnects draining and is
+    told so again. Its own clean close (1000) does: it comes back active."""
+
+    async def status(client: Any) -> str:
+        return str((await client.get("/api/v1/agents/stays-drained")).json()["status"])
+
+    async def offline(client: Any) -> bool | None:
+        return await status(client) == "offline" or None
+
+    async def connect() -> RawAgent:
+        return await RawAgent.connect(
+            server.ws_url, agent_key, agent_id="stays-drained", capabilities=["stay"]
+        )
+
+    agent = await connect()
+    async with server.async_client() as client:
+        assert (await client.post("/api/v1/agents/stays-drained/drain")).status_code == 200
+        await agent.expect("drain")
+        agent.ws.transport.abort()  # lost, not closed: no goodbye
+        await eventually_async(lambda: offline(client), timeout=10)
+
+        again = await RawAgent.connect(
+            server.ws_url, agent_key, agent_id="stays-drained", capabilities=["stay"]
+        )
+        assert (await again.expect("drain"))["type"] == "drain"
+        assert await status(client) == "draining"
+        await again.close()  # goodbye: the drain is over
+        await eventually_async(lambda: offline(client), timeout=10)
+
+        third = await RawAgent.connect(
+            server.ws_url, agent_key, agent_id="stays-drained", capabilities=["stay"]
+        )
+        try:
+            assert await status(client) == "active"
+        finally:
+            await third.close()
 
 
 async def test_deregister_closes_the_socket_and_forgets_the_agent(
