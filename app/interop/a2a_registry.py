@@ -296,7 +296,7 @@ class A2AAgents(BackgroundService):
         effects.after_commit(registered.requeued, reason="agent_reconnected")
         effects.metrics.agents_registered.labels(registered.model).inc()
         effects.fleet.agent_joined(registered)
-        effects.signals.agent_joined()
+        effects.signals.agent_joined(registered.id)  # health-checked now, as a socket agent is on registering
 
     async def _closed(self, connection: A2AConnection) -> None:
         """A closed connection takes a closed socket's path (app.gateway.endpoint): offline, work requeued (or

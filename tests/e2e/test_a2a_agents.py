@@ -381,6 +381,28 @@ async def test_the_registration_outlives_its_replica_restarted_or_gone(
         b.kill()
 
 
+async def test_an_a2a_agent_is_health_checked_as_it_registers(
+    fresh_database_url: str, tmp_path: Path, standin: StandIn
+) -> None:
+    """As a socket agent is: its first check does not wait for the next round (an hour away here)."""
+    env = {**SERVER_ENV, "AGENT_HEALTH_CHECK_INTERVAL": "3600"}
+    server = ServerProcess(fresh_database_url, env=env, log_dir=tmp_path).start()
+    try:
+        response = await register(server, standin.base_url, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 201, response.text
+        a2a_id = response.json()["id"]
+
+        async def checked() -> dict[str, Any] | None:
+            shown = await agent(server, a2a_id)
+            return shown if shown["health_checks"] else None
+
+        shown = await eventually_async(checked, timeout=10)
+        assert shown["health_checks"][0]["ok"] is True
+        assert shown["last_health_check_at"] is not None
+    finally:
+        server.kill()
+
+
 async def test_one_bad_http_answer_fails_that_task_and_not_the_agent(
     server: ServerProcess, standin: StandIn
 ) -> None:
