@@ -188,6 +188,10 @@ class Settings(BaseSettings):
     # `.env` holds the same names as the environment; keys it has for other programs (compose's) are ignored.
     model_config = SettingsConfigDict(
         extra="ignore",
+        # The environment (and .env) names are the upper-case ones: each field's lower-case alias is its YAML
+        # key and keyword, and read case-insensitively from the environment it turned a container's HOST or
+        # PORT into the listen address.
+        case_sensitive=True,
         populate_by_name=True,
         validate_default=True,
         env_ignore_empty=True,

@@ -138,3 +138,15 @@ def test_env_example_lists_only_known_keys_and_loads_as_the_defaults(tmp_path: P
     assert load_settings().model_dump(exclude={"replica_id"}) == Settings(
         _env_file=None  # type: ignore[call-arg]
     ).model_dump(exclude={"replica_id"})
+
+
+def test_only_the_documented_names_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container's own HOST and PORT (the fields' lower-case YAML keys, upper-cased) are not ours."""
+    monkeypatch.setenv("HOST", "box-17")
+    monkeypatch.setenv("PORT", "1234")
+    monkeypatch.setenv("MODEL_PRICES", '{"x": {"input_per_1k": 1, "output_per_1k": 1}}')
+    settings = load_settings(database_url="postgresql://x@y/z")
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert "x" not in settings.model_prices
+    monkeypatch.setenv("AGENTPLANE_PORT", "8111")
+    assert load_settings(database_url="postgresql://x@y/z").port == 8111
