@@ -403,20 +403,22 @@ class Settings(BaseSettings):
     )
 
     # A2A agents in the fleet (app.interop.a2a_registry): the Fernet key (urlsafe base64 of 32 bytes, e.g.
-    # from `cryptography.fernet.Fernet.generate_key()`) that encrypts their stored headers. Unset: headers
-    # given in clear are refused; only {"env": NAME} references are stored.
+    # from `cryptography.fernet.Fernet.generate_key()`) that encrypts their stored headers, or several,
+    # comma-separated, during a rotation. Unset: headers given in clear are refused; only {"env": NAME}
+    # references are stored.
     a2a_credentials_key: SecretStr | None = _env("AGENTPLANE_A2A_CREDENTIALS_KEY", "a2a_credentials_key")
 
     @field_validator("a2a_credentials_key")
     @classmethod
     def _check_fernet_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
+        # One key, or several comma-separated for a rotation: the first encrypts, each decrypts.
+        for part in value.get_secret_value().split(",") if value is not None else ():
             try:
-                raw = base64.urlsafe_b64decode(value.get_secret_value().encode())
+                raw = base64.urlsafe_b64decode(part.strip().encode())
             except ValueError:
                 raw = b""
             if len(raw) != 32:
-                raise ValueError("must be a Fernet key: urlsafe base64 of 32 bytes")
+                raise ValueError("must be Fernet keys (urlsafe base64 of 32 bytes), comma-separated")
         return value
 
     @field_validator("replica_id")

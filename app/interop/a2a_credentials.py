@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic import SecretStr
 
 ENC = "enc"
@@ -33,8 +33,12 @@ def _check_env_name(field: str, name: str) -> None:
         )
 
 
-def _fernet(key: SecretStr | None) -> Fernet | None:
-    return Fernet(key.get_secret_value().encode()) if key is not None else None
+def _fernet(key: SecretStr | None) -> MultiFernet | None:
+    """The configured keys, comma-separated: the first encrypts, every one decrypts (rotation: put the new key
+    first and keep the old ones after it while headers sealed with them are stored)."""
+    if key is None:
+        return None
+    return MultiFernet([Fernet(part.strip().encode()) for part in key.get_secret_value().split(",")])
 
 
 def seal(headers: dict[str, str | dict[str, str]], key: SecretStr | None) -> dict[str, dict[str, str]]:
@@ -76,3 +80,30 @@ def resolve(stored: dict[str, Any], key: SecretStr | None) -> dict[str, str]:
         except InvalidToken:
             raise CredentialError(field, "cannot be decrypted with AGENTPLANE_A2A_CREDENTIALS_KEY") from None
     return headers
+
+
+def reseal(stored: dict[str, Any], key: SecretStr | None) -> dict[str, Any] | None:
+    """``stored`` with every header sealed by a key other than the first re-sealed with the first; None when
+    none was (nothing to write). Re-attaching an agent does this, so an old key can be dropped once every
+    agent has been attached since the rotation."""
+    if key is None:
+        return None
+    keys = [Fernet(part.strip().encode()) for part in key.get_secret_value().split(",")]
+    if len(keys) == 1:
+        return None
+    current, rotate = keys[0], MultiFernet(keys)
+    changed = False
+    resealed: dict[str, Any] = {}
+    for name, ref in stored.items():
+        resealed[name] = ref
+        if ENC in ref:
+            token = str(ref[ENC]).encode()
+            try:
+                current.decrypt(token)
+            except InvalidToken:
+                try:
+                    resealed[name] = {ENC: rotate.rotate(token).decode()}
+                    changed = True
+                except InvalidToken:
+                    pass  # no configured key opens it: resolve() says so
+    return resealed if changed else None

@@ -23,6 +23,7 @@ import uuid
 from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
+import orjson
 from fastapi import APIRouter, Request, status
 from pydantic import Field, field_validator
 from sqlalchemy import select, text
@@ -73,6 +74,7 @@ RETURNING agent_id"""
 _MINE = """SELECT a.agent_id, a.card_url, a.headers, g.model, g.max_concurrency
 FROM a2a_agents a JOIN agents g ON g.id = a.agent_id WHERE a.replica_id = :me ORDER BY a.agent_id"""
 _STILL_MINE = "SELECT 1 FROM a2a_agents WHERE agent_id = :id AND replica_id = :me FOR UPDATE"
+_RESEAL = "UPDATE a2a_agents SET headers = CAST(:headers AS jsonb) WHERE agent_id = :id"
 
 
 class EnvRef(RequestModel):
@@ -373,6 +375,13 @@ class A2AAgents(BackgroundService):
                 if await session.scalar(text(_STILL_MINE), {"id": agent_id, "me": self.replica_id}) is None:
                     await http.aclose()
                     return False  # taken over or deregistered meanwhile
+                # A key rotation under way: headers sealed with an older key are sealed with the new one.
+                if (
+                    resealed := a2a_credentials.reseal(stored, self.settings.a2a_credentials_key)
+                ) is not None:
+                    await session.execute(
+                        text(_RESEAL), {"id": agent_id, "headers": orjson.dumps(resealed).decode()}
+                    )
                 registered = await self._register_agent(session, frame, None)
                 await session.commit()
         except BaseException:

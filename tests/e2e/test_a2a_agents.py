@@ -403,6 +403,50 @@ async def test_an_a2a_agent_is_health_checked_as_it_registers(
         server.kill()
 
 
+async def test_a_credentials_key_rotation_reseals_stored_headers_as_agents_are_attached(
+    fresh_database_url: str, tmp_path: Path, standin: StandIn
+) -> None:
+    """With the new key listed first and the old after it, the replica that attaches the agent seals its
+    headers with the new key; after that the old key can go and the agent still answers."""
+    old_key = SERVER_ENV["AGENTPLANE_A2A_CREDENTIALS_KEY"]
+    new_key = Fernet.generate_key().decode()
+
+    def server(key: str) -> ServerProcess:
+        env = {**SERVER_ENV, "AGENTPLANE_A2A_CREDENTIALS_KEY": key}
+        return ServerProcess(fresh_database_url, env=env, log_dir=tmp_path).start()
+
+    async def active_on(replica: ServerProcess, agent_id: str) -> bool:
+        shown = await agent(replica, agent_id)
+        return bool(shown["status"] == "active" and shown["replica_id"] == f"test-{replica.port}")
+
+    first = server(old_key)
+    try:
+        response = await register(first, standin.base_url, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 201, response.text
+        a2a_id = response.json()["id"]
+    finally:
+        first.stop()  # a clean stop: the next replica takes the agent over and attaches it
+    rotating = server(f"{new_key},{old_key}")
+    try:
+        await eventually_async(lambda: active_on(rotating, a2a_id), timeout=30)
+    finally:
+        rotating.stop()
+    stored = await sql.fetchval(
+        fresh_database_url, "SELECT headers FROM a2a_agents WHERE agent_id = $1", a2a_id
+    )
+    token = json.loads(stored)["Authorization"]["enc"]
+    assert Fernet(new_key.encode()).decrypt(token.encode()).decode() == f"Bearer {TOKEN}"
+
+    last = server(new_key)  # the old key is gone
+    try:
+        await eventually_async(lambda: active_on(last, a2a_id), timeout=30)
+        [task_id] = await submit(last, 1, delay_ms=0, agent_ids=[a2a_id])
+        [done] = await finished(last, [task_id])
+        assert done["status"] == "succeeded"
+    finally:
+        last.kill()
+
+
 async def test_one_bad_http_answer_fails_that_task_and_not_the_agent(
     server: ServerProcess, standin: StandIn
 ) -> None:

@@ -25,6 +25,7 @@ from cryptography.fernet import Fernet
 from google.protobuf import json_format, struct_pb2
 from pydantic import SecretStr
 
+from app.config import ConfigError, load_settings
 from app.gateway.protocol import Accept, Assign, Progress, Reject, Result, Usage
 from app.interop import a2a_credentials
 from app.interop.a2a_agent_mapping import Translation, capabilities_of, message_of, output_of
@@ -179,6 +180,31 @@ def test_credentials_are_stored_encrypted_or_as_references_never_in_clear(
     monkeypatch.delenv("AGENTPLANE_A2A_SECRET_KEY")
     with pytest.raises(a2a_credentials.CredentialError, match="AGENTPLANE_A2A_SECRET_KEY is not set"):
         a2a_credentials.resolve({"X": {"env": "AGENTPLANE_A2A_SECRET_KEY"}}, key)
+
+
+def test_a_key_rotation_keeps_headers_sealed_with_the_old_key_readable() -> None:
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    sealed_before = a2a_credentials.seal({"Authorization": "Bearer before"}, SecretStr(old))
+    rotating = SecretStr(f"{new}, {old}")  # the new key first: it encrypts; both decrypt
+    sealed_after = a2a_credentials.seal({"Authorization": "Bearer after"}, rotating)
+    assert a2a_credentials.resolve(sealed_before, rotating) == {"Authorization": "Bearer before"}
+    assert a2a_credentials.resolve(sealed_after, SecretStr(new)) == {"Authorization": "Bearer after"}
+    with pytest.raises(a2a_credentials.CredentialError, match="cannot be decrypted"):
+        a2a_credentials.resolve(sealed_after, SecretStr(old))  # sealed with the new key only
+
+    # Re-attaching re-seals what the old key sealed; after that the old key can go.
+    assert a2a_credentials.reseal(sealed_after, rotating) is None  # nothing to do
+    assert a2a_credentials.reseal(sealed_before, SecretStr(old)) is None  # one key: no rotation
+    resealed = a2a_credentials.reseal(sealed_before, rotating)
+    assert resealed is not None
+    assert a2a_credentials.resolve(resealed, SecretStr(new)) == {"Authorization": "Bearer before"}
+
+
+def test_the_credentials_key_setting_takes_one_key_or_several() -> None:
+    keys = f"{Fernet.generate_key().decode()},{Fernet.generate_key().decode()}"
+    assert load_settings(database_url="postgresql://x@y/z", a2a_credentials_key=keys).a2a_credentials_key
+    with pytest.raises(ConfigError, match="Fernet keys"):
+        load_settings(database_url="postgresql://x@y/z", a2a_credentials_key=f"{keys},not-a-key")
 
 
 def test_an_environment_reference_may_name_only_an_a2a_secret() -> None:
