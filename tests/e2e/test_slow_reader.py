@@ -129,7 +129,12 @@ async def test_a_reader_that_stalls_before_its_queue_fills_is_closed_within_seco
 ) -> None:
     """A few large assigns fill the kernel's buffers but never the 4,096-frame queue: the stalled-writer
     check closes the socket (1013) within seconds, not after the 10 s the revoked-key timer allowed."""
-    agent = await RawAgent.connect(server.ws_url, agent_key, capabilities=["stalls"], max_concurrency=100)
+    # The client library reads ahead of the test only one message: a peer that truly stops reading. With its
+    # default 16 (8 MB of these frames), 20 MB could fit in its queue and the kernel's buffers, and the
+    # server's writer never waited (seen once in a few dozen runs).
+    agent = await RawAgent.connect(
+        server.ws_url, agent_key, capabilities=["stalls"], max_concurrency=100, max_queue=1
+    )
     headers = {"Authorization": f"Bearer {server.admin_key}"}
     async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=30) as client:
         batch = [{"type": "stalls", "capabilities": ["stalls"], "payload": {"pad": "x" * 500_000}}] * 10

@@ -28,12 +28,16 @@ class RawAgent:
         max_concurrency: int = 4,
         register: bool = True,
         via_query: bool = False,
+        max_queue: int = 16,
     ) -> RawAgent:
+        """``max_queue``: messages the client library reads ahead of the test (websockets' default, 16); a
+        test of a peer that stops reading sets 1, or the library keeps reading for it."""
+        options: dict[str, Any] = {"max_size": None, "compression": None, "max_queue": max_queue}
         if via_query:
-            ws = await websockets.connect(f"{url}?token={key}", max_size=None, compression=None)
+            ws = await websockets.connect(f"{url}?token={key}", **options)
         else:
             ws = await websockets.connect(
-                url, additional_headers={"Authorization": f"Bearer {key}"}, max_size=None, compression=None
+                url, additional_headers={"Authorization": f"Bearer {key}"}, **options
             )
         agent = cls(ws)
         if register:
