@@ -33,12 +33,17 @@ def _check_env_name(field: str, name: str) -> None:
         )
 
 
-def _fernet(key: SecretStr | None) -> MultiFernet | None:
+def _keys(key: SecretStr | None) -> list[Fernet]:
     """The configured keys, comma-separated: the first encrypts, every one decrypts (rotation: put the new key
     first and keep the old ones after it while headers sealed with them are stored)."""
-    if key is None:
-        return None
-    return MultiFernet([Fernet(part.strip().encode()) for part in key.get_secret_value().split(",")])
+    return (
+        [] if key is None else [Fernet(part.strip().encode()) for part in key.get_secret_value().split(",")]
+    )
+
+
+def _fernet(key: SecretStr | None) -> MultiFernet | None:
+    keys = _keys(key)
+    return MultiFernet(keys) if keys else None
 
 
 def seal(headers: dict[str, str | dict[str, str]], key: SecretStr | None) -> dict[str, dict[str, str]]:
@@ -86,10 +91,8 @@ def reseal(stored: dict[str, Any], key: SecretStr | None) -> dict[str, Any] | No
     """``stored`` with every header sealed by a key other than the first re-sealed with the first; None when
     none was (nothing to write). Re-attaching an agent does this, so an old key can be dropped once every
     agent has been attached since the rotation."""
-    if key is None:
-        return None
-    keys = [Fernet(part.strip().encode()) for part in key.get_secret_value().split(",")]
-    if len(keys) == 1:
+    keys = _keys(key)
+    if len(keys) < 2:
         return None
     current, rotate = keys[0], MultiFernet(keys)
     changed = False
