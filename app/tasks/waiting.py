@@ -57,7 +57,9 @@ async def explain(session: AsyncSession, task: Task, *, fallback_after: int) -> 
         for r in (await session.execute(text(_REFUSALS), {"task": task.id, "limit": REFUSALS})).mappings()
     ]
     model = model_for_attempt(task.model, task.fallback_models, task.attempt, fallback_after)
-    last = await session.scalar(text(_LAST_ENDED), {"task": task.id})
+    # How its last attempt ended matters only while the task is not yet due again.
+    due_later = task.available_at > counts.now
+    last = await session.scalar(text(_LAST_ENDED), {"task": task.id}) if due_later else None
     reason, eligible = _reason(
         task,
         model,
